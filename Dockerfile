@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# Stage 1: build the wheel.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Stage 2: run it as a fixed non-root uid.
+FROM python:3.11-slim
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="mtt-call-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for MTT call-progress notifications" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/mtt-call-exporter/mtt-call-exporter"
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin exporter
+USER 10001:10001
+ENV MTT_EXPORTER_LISTEN=0.0.0.0:9888 PYTHONUNBUFFERED=1
+EXPOSE 9888
+# no curl in slim: ask the health endpoint with Python itself
+HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import os,sys,urllib.request; p=os.environ.get('MTT_EXPORTER_LISTEN','0.0.0.0:9888').rpartition(':')[2]; sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{p}/-/healthy', timeout=2).status != 200)"]
+ENTRYPOINT ["mtt-exporter"]

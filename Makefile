@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test system-deps lint clean golden
+
+run: $(VENV)/.installed
+	$(VENV)/bin/mtt-exporter $(ARGS)
+
+test: $(VENV)/.test-installed system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Regenerate the golden exposition after an intended change of the metrics.
+golden: $(VENV)/.test-installed
+	$(PY) -m pytest tests/test_golden.py --update-golden
+
+# promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
+system-deps:
+	@sh scripts/system-deps.sh
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,61 @@
+"""`mtt-exporter` / `python -m exporter`: start the exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from . import __version__, log as logsetup
+from .server import AccessLogger, create_app, create_metrics_app
+from .settings import Settings, load, split_host_port
+
+log = logging.getLogger("mtt_exporter")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the listeners until SIGTERM/SIGINT, then stop accepting and finish in-flight requests."""
+    app = create_app(settings)
+    runners = [web.AppRunner(app, access_log_class=AccessLogger)]
+    if settings.metrics_listen is not None:
+        runners.append(web.AppRunner(create_metrics_app(app), access_log_class=AccessLogger))
+    addresses = [settings.listen] + ([settings.metrics_listen] if settings.metrics_listen else [])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for runner, address in zip(runners, addresses):
+            await runner.setup()
+            host, port = split_host_port(address)
+            await web.TCPSite(runner, host, port).start()
+        log.info(
+            "listening",
+            extra={"version": __version__, "listen": settings.listen, "metrics_listen": settings.metrics_listen,
+                   "token": "set" if settings.token else "none"},
+        )
+        if settings.token is None:
+            log.warning("no --token set: anyone who can reach the listener can post notifications")
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    settings = load(sys.argv[1:] if argv is None else argv)
+    logsetup.setup(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:  # e.g. the port is taken
+        log.error("cannot start: %s", error)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Joins the notifications of one call into facts: durations, leg and call outcomes.
+
+Pure and synchronous: no aiohttp, no prometheus_client. Every function that needs "now"
+takes it as an argument (the receipt clock, Unix seconds); event times only ever give
+durations, so a call from 2019 replayed today is tracked like any other.
+
+Rules, per call (keyed by the normalised h323_conf_id):
+- a leg is one `o` to one redirect number; pairs o->s (ring), s->h (answered), t->h (talk)
+  and sp->ep per side (premedia) are measured as soon as both ends are in, in any order;
+- a leg that hung up after `s` ends at once as answered; a leg that hung up without `s`
+  ends by its cause once no `s` came within the grace period (out-of-order delivery);
+- a call ends on the hangup of an answered leg; without an answer, once a hangup from
+  side A was seen, or no leg is open, and nothing changed that for the grace period;
+- ended calls stay (for duplicate detection and late legs) until the TTL since their last
+  notification; a call or leg still open then is counted as expired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .cause import LegOutcome, unanswered_outcome
+from .model import EventType, Notification, Side
+
+
+class CallOutcome(StrEnum):
+    """How a whole incoming call ended."""
+
+    ANSWERED = "answered"
+    UNANSWERED = "unanswered"
+    ABANDONED = "abandoned"
+    EXPIRED = "expired"
+
+
+class Phase(StrEnum):
+    """A measured interval of a call."""
+
+    PREMEDIA = "premedia"  # sp -> ep, labelled by side
+    RING = "ring"  # o -> s (answered) or o -> h (unanswered)
+    ANSWERED = "answered"  # s -> h
+    TALK = "talk"  # t -> h
+
+
+class RingOutcome(StrEnum):
+    """Label of the ring duration."""
+
+    ANSWERED = "answered"
+    UNANSWERED = "unanswered"
+
+
+class EvictionReason(StrEnum):
+    """Why an in-progress call was dropped from memory."""
+
+    TTL = "ttl"
+    CAPACITY = "capacity"
+
+
+@dataclass(slots=True, frozen=True)
+class Duration:
+    """An interval measured on one call; `label` is the side or ring outcome."""
+
+    phase: Phase
+    seconds: float
+    label: str = ""
+    conf_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class LegEnded:
+    """A leg ended with this outcome."""
+
+    outcome: LegOutcome
+
+
+@dataclass(slots=True, frozen=True)
+class CallStarted:
+    """First notification of a call not tracked before."""
+
+
+@dataclass(slots=True, frozen=True)
+class CallEnded:
+    """A call ended with this outcome."""
+
+    outcome: CallOutcome
+
+
+@dataclass(slots=True, frozen=True)
+class Evicted:
+    """An in-progress call was dropped from memory."""
+
+    reason: EvictionReason
+
+
+Fact = Duration | LegEnded | CallStarted | CallEnded | Evicted
+
+
+class Leg:
+    """Event times of one forwarding leg (None: not seen yet)."""
+
+    __slots__ = ("o", "s", "t", "h", "cause", "side", "done")
+
+    def __init__(self) -> None:
+        self.o: float | None = None
+        self.s: float | None = None
+        self.t: float | None = None
+        self.h: float | None = None
+        self.cause: int | None = None
+        self.side: Side = Side.UNKNOWN
+        self.done = False
+
+
+class Call:
+    """State of one call: its legs, unpaired premedia, and what was seen for dedup."""
+
+    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended")
+
+    def __init__(self, now: float) -> None:
+        self.legs: dict[str, Leg] = {}
+        #: (side, number) -> [sp time, ep time], while one end is missing
+        self.premedia: dict[tuple[str, str], list[float | None]] | None = None
+        #: 64-bit keys of the notifications applied, for duplicate detection
+        self.seen: list[int] = []
+        self.last_seen = now
+        #: receipt time after which pending decisions (unanswered legs, call end) are made
+        self.deadline: float | None = None
+        self.a_hangup = False
+        self.ended = False
+
+
+def dedup_key(n: Notification) -> int:
+    """Stable 64-bit key of (call-relative) event, side, number and event time."""
+    number = n.number_a if n.side is Side.A and n.event.code in ("sp", "ep") else n.redirect_number
+    raw = f"{n.event.code}|{n.side}|{number}|{n.time:.3f}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+def _span(start: float, end: float) -> float:
+    return end - start if end > start else 0.0
+
+
+def _leg_for(call: Call, n: Notification) -> tuple[str, Leg | None]:
+    number = n.redirect_number
+    if not number and n.event is not EventType.ORIGINATE:
+        # no number given: the only leg still open is the one meant
+        open_legs = [key for key, leg in call.legs.items() if leg.h is None]
+        if len(open_legs) == 1:
+            number = open_legs[0]
+        elif n.event is EventType.HANGUP:
+            return number, None  # e.g. the caller hung up during premedia: no leg to end
+    leg = call.legs.get(number)
+    if leg is None:
+        leg = call.legs[number] = Leg()
+    return number, leg
+
+
+def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
+    number = n.number_a if n.side is Side.A else n.redirect_number
+    if call.premedia is None:
+        call.premedia = {}
+    key = (n.side.value, number)
+    pair = call.premedia.setdefault(key, [None, None])
+    pair[0 if n.event is EventType.PREMEDIA_START else 1] = n.time
+    start, end = pair
+    if start is not None and end is not None:
+        facts.append(Duration(Phase.PREMEDIA, _span(start, end), n.side.value, n.conf_id))
+        del call.premedia[key]
+
+
+def _end_leg(leg: Leg, conf_id: str, facts: list[Fact]) -> None:
+    leg.done = True
+    if leg.s is not None:
+        facts.append(LegEnded(LegOutcome.ANSWERED))
+        return
+    facts.append(LegEnded(unanswered_outcome(leg.cause, leg.side)))
+    if leg.o is not None and leg.h is not None:
+        facts.append(Duration(Phase.RING, _span(leg.o, leg.h), RingOutcome.UNANSWERED, conf_id))
+
+
+def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, list[Fact]]:
+    """Apply one notification to its call; returns (duplicate, facts)."""
+    call.last_seen = now
+    key = dedup_key(n)
+    if key in call.seen:
+        return True, []
+    call.seen.append(key)
+    facts: list[Fact] = []
+    event = n.event
+    if event is EventType.PREMEDIA_START or event is EventType.PREMEDIA_END:
+        _premedia(call, n, facts)
+        return False, facts
+
+    number, leg = _leg_for(call, n)
+    if leg is None:  # a hangup that names no leg: only the call-level facts
+        call.a_hangup = call.a_hangup or n.side is Side.A
+        call.deadline = now + grace
+    elif event is EventType.ORIGINATE:
+        if leg.o is not None and leg.h is not None:
+            # the same number tried again: a new leg
+            if not leg.done:
+                _end_leg(leg, n.conf_id, facts)
+            leg = call.legs[number] = Leg()
+        if leg.o is None:
+            leg.o = n.time
+            if leg.s is not None:
+                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id))
+    elif event is EventType.ANSWER:
+        if leg.s is None and not leg.done:
+            leg.s = n.time
+            if leg.o is not None:
+                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id))
+            if leg.h is not None:
+                facts.append(Duration(Phase.ANSWERED, _span(leg.s, leg.h), conf_id=n.conf_id))
+                _end_leg(leg, n.conf_id, facts)
+    elif event is EventType.TALK:
+        if leg.t is None:
+            leg.t = n.time
+            if leg.h is not None:
+                facts.append(Duration(Phase.TALK, _span(leg.t, leg.h), conf_id=n.conf_id))
+    else:  # HANGUP
+        if n.side is Side.A:
+            call.a_hangup = True
+        if leg.h is None:
+            leg.h, leg.cause, leg.side = n.time, n.cause, n.side
+            if leg.t is not None:
+                facts.append(Duration(Phase.TALK, _span(leg.t, leg.h), conf_id=n.conf_id))
+            if leg.s is not None:
+                facts.append(Duration(Phase.ANSWERED, _span(leg.s, leg.h), conf_id=n.conf_id))
+                _end_leg(leg, n.conf_id, facts)
+        call.deadline = now + grace
+    settle(call, n.conf_id, now, facts)
+    return False, facts
+
+
+def settle(call: Call, conf_id: str, now: float, facts: list[Fact]) -> None:
+    """Make the decisions that are due: unanswered legs past grace, and the call's end."""
+    due = call.deadline is not None and now >= call.deadline
+    if due:
+        for leg in call.legs.values():
+            if leg.h is not None and not leg.done:
+                _end_leg(leg, conf_id, facts)
+    if call.ended:
+        return
+    legs = call.legs.values()
+    if any(leg.s is not None for leg in legs):
+        if call.a_hangup or any(leg.s is not None and leg.h is not None for leg in legs):
+            _end_call(call, CallOutcome.ANSWERED, facts)
+        return
+    if due and (call.a_hangup or (legs and all(leg.h is not None for leg in legs))):
+        _end_call(call, CallOutcome.ABANDONED if call.a_hangup else CallOutcome.UNANSWERED, facts)
+
+
+def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact]) -> None:
+    call.ended = True
+    facts.append(CallEnded(outcome))
+
+
+def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact]) -> None:
+    """Facts for a call leaving memory: pending legs decided, open legs and call expired."""
+    for leg in call.legs.values():
+        if not leg.done:
+            if leg.h is not None:
+                _end_leg(leg, conf_id, facts)
+            else:
+                leg.done = True
+                facts.append(LegEnded(LegOutcome.EXPIRED))
+    if not call.ended:
+        facts.append(Evicted(reason))
+        _end_call(call, CallOutcome.EXPIRED, facts)
+
+
+class Correlator:
+    """In-memory call table: bounded by a TTL since the last notification and a cap."""
+
+    def __init__(self, ttl: float = 6 * 3600, max_calls: int = 500_000, grace: float = 15.0) -> None:
+        self.ttl = ttl
+        self.max_calls = max_calls
+        self.grace = grace
+        self.calls: OrderedDict[str, Call] = OrderedDict()
+        self._deadlines: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def apply(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
+        """Apply one notification received at `now`; returns (duplicate, facts)."""
+        call = self.calls.get(n.conf_id)
+        facts: list[Fact] = []
+        if call is None:
+            while len(self.calls) >= self.max_calls:
+                old_id, old = self.calls.popitem(last=False)
+                drop(old, old_id, EvictionReason.CAPACITY, facts)
+            call = self.calls[n.conf_id] = Call(now)
+            facts.append(CallStarted())
+        else:
+            self.calls.move_to_end(n.conf_id)
+        deadline = call.deadline
+        duplicate, more = apply(call, n, now, self.grace)
+        if call.deadline is not None and call.deadline != deadline:
+            heapq.heappush(self._deadlines, (call.deadline, n.conf_id))
+        facts.extend(more)
+        return duplicate, facts
+
+    def expire(self, now: float) -> list[Fact]:
+        """Decisions due at `now`: grace periods that ran out, then calls past their TTL."""
+        facts: list[Fact] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, conf_id = heapq.heappop(heap)
+            call = self.calls.get(conf_id)
+            if call is not None and call.deadline is not None and call.deadline <= now:
+                settle(call, conf_id, now, facts)
+                call.deadline = None
+        calls = self.calls
+        while calls:
+            conf_id, call = next(iter(calls.items()))
+            if call.last_seen + self.ttl > now:
+                break
+            del calls[conf_id]
+            drop(call, conf_id, EvictionReason.TTL, facts)
+        return facts
+
+    def in_progress(self) -> int:
+        """Calls begun and not ended (a scan: for tests and snapshots, not the hot path)."""
+        return sum(1 for call in self.calls.values() if not call.ended)

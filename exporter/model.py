@@ -1,0 +1,318 @@
+"""MTT notification payload: pydantic validation plus the seed's quirks, into one Notification."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .cause import CAUSE_MAX
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+MOSCOW = ZoneInfo("Europe/Moscow")
+#: date_time above this is taken as milliseconds (third-party emulators send those).
+MILLISECONDS_ABOVE = 10**12
+#: Longest call id and number kept in memory; MTT's ids are 32 hex digits.
+MAX_ID_LENGTH = 64
+
+
+class EventType(StrEnum):
+    """Notification type; the value is the metric label, `code` the wire code."""
+
+    ORIGINATE = "originate"
+    ANSWER = "answer"
+    HANGUP = "hangup"
+    PREMEDIA_START = "premedia_start"
+    PREMEDIA_END = "premedia_end"
+    TALK = "talk"
+
+    @property
+    def code(self) -> str:
+        return _CODE_BY_EVENT[self]
+
+
+EVENT_BY_CODE: dict[str, EventType] = {
+    "o": EventType.ORIGINATE,
+    "s": EventType.ANSWER,
+    "h": EventType.HANGUP,
+    "sp": EventType.PREMEDIA_START,
+    "ep": EventType.PREMEDIA_END,
+    "t": EventType.TALK,
+}
+_CODE_BY_EVENT = {event: code for code, event in EVENT_BY_CODE.items()}
+
+
+class Side(StrEnum):
+    """Side an event refers to: A is the caller, B the forwarding number."""
+
+    A = "A"
+    B = "B"
+    UNKNOWN = "unknown"
+
+
+class Reason(StrEnum):
+    """Why a request or a notification was refused: the `reason` label, a closed set."""
+
+    MALFORMED = "malformed"
+    INVALID = "invalid"
+    UNKNOWN_EVENT = "unknown_event"
+    TOO_LARGE = "too_large"
+    TOO_MANY_ITEMS = "too_many_items"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+
+
+class Conflict(StrEnum):
+    """A field given twice (in `event` and in `data`/top level) with different values."""
+
+    TYPE = "type"
+    CAUSE = "cause"
+    NUMBER = "number"
+
+
+class PayloadError(ValueError):
+    """A notification that cannot be used, with the reason it is counted under."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True, frozen=True)
+class Notification:
+    """One validated notification, normalised; what the correlator consumes."""
+
+    conf_id: str
+    event: EventType
+    #: Unix seconds of the event (Moscow time of `data`, else `date_time`).
+    time: float
+    side: Side = Side.UNKNOWN
+    #: Leg key: the redirect (forwarding) number, normalised; "" when absent.
+    redirect_number: str = ""
+    #: None when absent or not an integer 0..127.
+    cause: int | None = None
+    number_a: str = ""
+    sip_id: str = ""
+    conflicts: tuple[Conflict, ...] = field(default=())
+
+
+# --- raw payload -------------------------------------------------------------------------
+
+_Scalar = str | int | float | None
+
+
+class RawEvent(BaseModel):
+    """The `event` object as sent."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str | None = None
+    side: str | None = None
+    cause: _Scalar = None
+
+
+class RawNotification(BaseModel):
+    """The notification object as sent; every field optional, combined in `parse`."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    date_time: int | float | str | None = None
+    data: str | None = None
+    event: RawEvent | None = None
+    cause: _Scalar = None
+    redirect_number: _Scalar = None
+    sip_id: _Scalar = None
+    numberA: _Scalar = None
+    h323_conf_id: _Scalar = None
+    client_id: _Scalar = None
+    extension: _Scalar = None
+
+    @field_validator("event", mode="before")
+    @classmethod
+    def _event_keys(cls, value: Any) -> Any:
+        # keys inside `event` may carry stray whitespace too
+        if isinstance(value, dict):
+            return {k.strip() if isinstance(k, str) else k: v for k, v in value.items()}
+        return value
+
+
+_DATA = re.compile(
+    r"^\s*event=(?P<code>[A-Za-z]*)_(?P<number>[^_&]*)_"
+    r"(?P<ts>\d{4}-\d{1,2}-\d{1,2}-\d{1,2}-\d{1,2}-\d{1,2})"
+    r"(?P<rest>(?:&[^&]*)*)\s*$"
+)
+_NON_DIGITS = re.compile(r"[\s\-()]")
+
+
+@lru_cache(maxsize=4096)
+def moscow_to_unix(stamp: str) -> float:
+    """`YYYY-MM-DD-HH-MM-SS` Moscow wall-clock time -> Unix seconds."""
+    y, mo, d, h, mi, s = (int(part) for part in stamp.split("-"))
+    return datetime(y, mo, d, h, mi, s, tzinfo=MOSCOW).timestamp()
+
+
+def normalise_conf_id(value: object) -> str:
+    """Call key: h323_conf_id without any whitespace, upper-case."""
+    return "".join(str(value).split()).upper()
+
+
+def normalise_number(value: object) -> str:
+    """Russian numbers in +7/8/7 + 10 digits or bare 10 digits -> 7 + 10 digits."""
+    raw = _NON_DIGITS.sub("", str(value))
+    digits = raw[1:] if raw.startswith("+") else raw
+    if digits.isdigit():
+        if len(digits) == 11 and digits[0] in "78":
+            return "7" + digits[1:]
+        if len(digits) == 10:
+            return "7" + digits
+    return raw
+
+
+def parse_cause(value: object) -> int | None:
+    """An integer 0..127, else None (labelled "unknown")."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    try:
+        cause = int(str(value).strip())
+    except ValueError:
+        return None
+    return cause if 0 <= cause <= CAUSE_MAX else None
+
+
+def _present(value: object) -> bool:
+    return value is not None and str(value).strip() != ""
+
+
+def _event_time(date_time: object) -> float | None:
+    if date_time is None or isinstance(date_time, bool):
+        return None
+    try:
+        seconds = float(str(date_time).strip())
+    except ValueError:
+        return None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+        return None
+    return seconds / 1000 if seconds > MILLISECONDS_ABOVE else seconds
+
+
+def _parse_side(value: object) -> Side:
+    if value is None:
+        return Side.UNKNOWN
+    text = str(value).strip().upper()
+    return Side(text) if text in ("A", "B") else Side.UNKNOWN
+
+
+def _validation_message(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def parse(item: object) -> Notification:
+    """Validate one decoded JSON value; raise PayloadError with a reason when unusable."""
+    if not isinstance(item, dict):
+        raise PayloadError(Reason.MALFORMED, f"expected a JSON object, got {type(item).__name__}")
+    # keys may carry stray whitespace: "client_id "
+    cleaned = {k.strip() if isinstance(k, str) else k: v for k, v in item.items()}
+    try:
+        raw = RawNotification.model_validate(cleaned)
+    except ValidationError as error:
+        raise PayloadError(Reason.INVALID, _validation_message(error)) from None
+
+    conflicts: list[Conflict] = []
+    data_code = data_number = data_cause = None
+    data_time: float | None = None
+    if _present(raw.data):
+        match = _DATA.match(raw.data)  # type: ignore[arg-type]
+        if match is None:
+            raise PayloadError(
+                Reason.INVALID,
+                "data: expected 'event=<type>_<number>_<YYYY-MM-DD-HH-MM-SS>[&cause=<n>]'",
+            )
+        data_code = match["code"].lower() or None
+        data_number = match["number"] or None
+        try:
+            data_time = moscow_to_unix(match["ts"])
+        except ValueError:
+            raise PayloadError(Reason.INVALID, f"data: no such date {match['ts']!r}") from None
+        for param in match["rest"].split("&"):
+            key, _, value = param.partition("=")
+            if key.strip() == "cause":
+                data_cause = value
+
+    event_code = raw.event.type.strip().lower() if raw.event and _present(raw.event.type) else None
+    code = event_code or data_code
+    if code is None:
+        raise PayloadError(Reason.INVALID, "no event type: neither event.type nor data")
+    event = EVENT_BY_CODE.get(code)
+    if event is None:
+        raise PayloadError(Reason.UNKNOWN_EVENT, f"unknown event type {code[:16]!r}")
+    if event_code and data_code and event_code != data_code:
+        conflicts.append(Conflict.TYPE)
+
+    if not _present(raw.h323_conf_id):
+        raise PayloadError(Reason.INVALID, "h323_conf_id: missing")
+    conf_id = normalise_conf_id(raw.h323_conf_id)
+    if len(conf_id) > MAX_ID_LENGTH:
+        raise PayloadError(Reason.INVALID, f"h323_conf_id: longer than {MAX_ID_LENGTH} characters")
+
+    time = data_time if data_time is not None else _event_time(raw.date_time)
+    if time is None:
+        raise PayloadError(Reason.INVALID, "no event time: neither data nor a valid date_time")
+
+    # cause: event.cause wins, then top-level cause, then data's &cause=
+    given = [
+        c for c in (raw.event.cause if raw.event else None, raw.cause, data_cause) if _present(c)
+    ]
+    cause = parse_cause(given[0]) if given else None
+    if len(given) > 1 and len({parse_cause(c) for c in given}) > 1:
+        conflicts.append(Conflict.CAUSE)
+
+    side = _parse_side(raw.event.side if raw.event else None)
+    number_a = normalise_number(raw.numberA) if _present(raw.numberA) else ""
+    redirect = normalise_number(raw.redirect_number) if _present(raw.redirect_number) else ""
+    # data carries numberA for side-A premedia and the redirect number otherwise
+    premedia_a = side is Side.A and event in (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
+    if data_number:
+        data_number = normalise_number(data_number)
+        if premedia_a:
+            if number_a and data_number != number_a:
+                conflicts.append(Conflict.NUMBER)
+            number_a = number_a or data_number
+        elif redirect and data_number != redirect:
+            conflicts.append(Conflict.NUMBER)
+        else:
+            redirect = redirect or data_number
+
+    if len(redirect) > MAX_ID_LENGTH:
+        raise PayloadError(Reason.INVALID, f"redirect_number: longer than {MAX_ID_LENGTH} characters")
+
+    return Notification(
+        conf_id=conf_id,
+        event=event,
+        time=time,
+        side=side,
+        redirect_number=redirect,
+        cause=cause,
+        number_a=number_a,
+        sip_id=normalise_number(raw.sip_id) if _present(raw.sip_id) else "",
+        conflicts=tuple(conflicts),
+    )
+
+
+def mask_number(number: str) -> str:
+    """For logs: keep the first 4 and last 2 digits, e.g. 7968*****33."""
+    if len(number) <= 6:
+        return "*" * len(number)
+    return number[:4] + "*" * (len(number) - 6) + number[-2:]

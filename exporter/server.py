@@ -1,0 +1,297 @@
+"""HTTP side: receive notifications, serve /metrics and health. The only aiohttp module."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+from . import __version__
+from .correlator import Correlator
+from .metrics import Metrics
+from .model import Notification, PayloadError, Reason, mask_number, parse
+from .settings import Settings
+
+log = logging.getLogger("mtt_exporter")
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+CORRELATOR = web.AppKey("correlator", Correlator)
+CLOCK = web.AppKey("clock", Callable[[], float])
+READY = web.AppKey("ready", asyncio.Event)
+
+#: How often grace periods and TTLs are checked.
+TICK_SECONDS = 1.0
+_FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"status": "error", "reason": reason.value, "error": message, **extra}, status=status)
+
+
+def _authorized(request: web.Request, token: bytes) -> bool:
+    """The token as path segment, ?token=, Bearer, or Basic password; constant-time compare."""
+    offered: list[str] = []
+    if "token" in request.match_info:
+        offered.append(request.match_info["token"])
+    offered.extend(request.query.getall("token", []))
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        offered.append(credentials.strip())
+    elif scheme.lower() == "basic":
+        with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+            offered.append(base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2])
+    ok = False
+    for candidate in offered:  # compare every candidate: timing reveals nothing
+        ok |= hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), token)
+    return ok
+
+
+def _form(text: str) -> dict[str, Any]:
+    """A urlencoded body with the JSON's top-level names; `event` as JSON or event[type]=..."""
+    pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    body: dict[str, Any] = {}
+    event: dict[str, Any] = {}
+    for key, value in pairs:
+        key = key.strip()
+        for prefix in ("event[", "event."):
+            if key.startswith(prefix):
+                event[key[len(prefix):].rstrip("]").strip()] = value
+                break
+        else:
+            if key == "event" and value.lstrip().startswith("{"):
+                value = json.loads(value)
+            body[key] = value
+    if event:
+        body["event"] = {**event, **body["event"]} if isinstance(body.get("event"), dict) else event
+    return body
+
+
+def decode(body: bytes, content_type: str) -> Any:
+    """Body -> JSON value, whatever the Content-Type says; urlencoded forms too."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PayloadError(Reason.MALFORMED, "body is not UTF-8") from None
+    if content_type != _FORM_TYPE or text.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            pass
+    try:
+        return _form(text)
+    except (ValueError, RecursionError):
+        raise PayloadError(Reason.MALFORMED, "body is neither JSON nor a urlencoded form") from None
+
+
+async def handle_notify(request: web.Request) -> web.Response:
+    """POST /notify[/{token}]: one notification (object) or a batch (array)."""
+    app = request.app
+    settings, metrics = app[SETTINGS], app[METRICS]
+    peer = request.remote
+    if settings.token is not None and not _authorized(request, settings.token.get_secret_value().encode()):
+        metrics.reject(Reason.UNAUTHORIZED)
+        log.info("rejected request", extra={"reason": Reason.UNAUTHORIZED.value, "peer": peer})
+        return _error(401, Reason.UNAUTHORIZED, "missing or wrong token")
+
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        body = None
+    else:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = None
+    if body is None or len(body) > limit:
+        metrics.reject(Reason.TOO_LARGE)
+        log.info("rejected request", extra={"reason": Reason.TOO_LARGE.value, "peer": peer})
+        return _error(413, Reason.TOO_LARGE, f"body larger than {limit} bytes")
+
+    try:
+        value = decode(body, request.content_type)
+        if isinstance(value, list):
+            if not value:
+                raise PayloadError(Reason.INVALID, "empty batch")
+            if len(value) > settings.max_batch_items:
+                metrics.reject(Reason.TOO_MANY_ITEMS)
+                log.info("rejected request", extra={"reason": Reason.TOO_MANY_ITEMS.value, "peer": peer})
+                return _error(413, Reason.TOO_MANY_ITEMS, f"batch longer than {settings.max_batch_items} items")
+            items, batch = value, True
+        elif isinstance(value, dict):
+            items, batch = [value], False
+        else:
+            raise PayloadError(Reason.MALFORMED, f"expected a JSON object or array, got {type(value).__name__}")
+    except PayloadError as error:
+        metrics.reject(error.reason)
+        log.info("rejected request", extra={"reason": error.reason.value, "peer": peer, "error": error.message})
+        return _error(400, error.reason, error.message)
+
+    now = app[CLOCK]()
+    correlator = app[CORRELATOR]
+    accepted = duplicates = 0
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            notification = parse(item)
+        except PayloadError as error:
+            metrics.reject(error.reason)
+            errors.append({"index": index, "reason": error.reason.value, "error": error.message})
+            continue
+        duplicate, facts = correlator.apply(notification, now)
+        metrics.record_notification(notification, now, duplicate)
+        metrics.record_facts(facts)
+        accepted += 1
+        duplicates += duplicate
+        if log.isEnabledFor(logging.DEBUG):
+            _log_accepted(notification, duplicate)
+    if errors:
+        log.info("rejected notifications", extra={"peer": peer, "accepted": accepted, "errors": errors})
+        if not batch:
+            return _error(400, Reason(errors[0]["reason"]), errors[0]["error"])
+        return web.json_response(
+            {"status": "error", "accepted": accepted, "duplicates": duplicates, "errors": errors}, status=400
+        )
+    return web.json_response({"status": "ok", "accepted": accepted, "duplicates": duplicates})
+
+
+def _log_accepted(n: Notification, duplicate: bool) -> None:
+    log.debug(
+        "notification",
+        extra={
+            "event": n.event.value,
+            "call_id": n.conf_id,
+            "side": n.side.value,
+            "number": mask_number(n.redirect_number or n.number_a),
+            "cause": n.cause,
+            "duplicate": duplicate,
+        },
+    )
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """GET /metrics: rendered in a thread so a scrape never stalls ingestion."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    output = await asyncio.get_running_loop().run_in_executor(None, encoder, request.app[METRICS].registry)
+    response = web.Response(body=output, headers={"Content-Type": content_type})
+    response.enable_compression()  # use aiohttp's gzip, negotiated by Accept-Encoding
+    return response
+
+
+async def handle_healthy(request: web.Request) -> web.Response:
+    """GET /-/healthy: the process is alive."""
+    return web.json_response({"status": "healthy"})
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    """GET /-/ready: ready to ingest (503 until start-up finished)."""
+    if request.app[READY].is_set():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "starting"}, status=503)
+
+
+async def handle_index(request: web.Request) -> web.Response:
+    """GET /: what this is and where things are."""
+    routes = sorted({r.resource.canonical for r in request.app.router.routes() if r.resource is not None})
+    items = "".join(f"<li><code>{path}</code></li>" for path in routes)
+    return web.Response(
+        text=f"<!doctype html><title>MTT call exporter</title><h1>MTT call exporter {__version__}</h1>"
+        f"<p>Prometheus exporter for MTT call-progress notifications.</p><ul>{items}</ul>",
+        content_type="text/html",
+    )
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log at debug, with the token cut out of the path and query."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.DEBUG):
+            return
+        path = request.path
+        if path.startswith("/notify/"):
+            path = "/notify/<token>"
+        self.logger.debug(
+            "request",
+            extra={"method": request.method, "path": path, "status": response.status,
+                   "seconds": round(time, 6), "peer": request.remote},
+        )
+
+
+def tick(app: web.Application, now: float) -> None:
+    """Make the decisions due at `now` (grace periods, TTL) and record them."""
+    app[METRICS].record_facts(app[CORRELATOR].expire(now))
+
+
+async def _ticker(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                tick(app, app[CLOCK]())
+            except Exception:  # a bug here must not stop expiry for good
+                log.exception("expiry tick failed")
+
+    task = asyncio.create_task(loop())
+    app[READY].set()
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def default_registry() -> CollectorRegistry:
+    """A registry with the process, platform and GC collectors, for a real process."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def _add_health(app: web.Application) -> None:
+    app.router.add_get("/-/healthy", handle_healthy)
+    app.router.add_get("/-/ready", handle_ready)
+    app.router.add_get("/", handle_index)
+
+
+def create_app(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The notification app; serves /metrics too unless a separate metrics listener is set."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
+    correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
+    metrics.track(correlator.__len__)
+    app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
+    app[READY] = asyncio.Event()
+    app.router.add_post("/notify", handle_notify)
+    app.router.add_post("/notify/{token}", handle_notify)
+    if settings.metrics_listen is None:
+        app.router.add_get("/metrics", handle_metrics)
+    _add_health(app)
+    app.cleanup_ctx.append(_ticker)
+    return app
+
+
+def create_metrics_app(main: web.Application) -> web.Application:
+    """The internal listener of --metrics-listen: /metrics and health of `main`."""
+    app = web.Application()
+    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY):
+        app[key] = main[key]
+    app.router.add_get("/metrics", handle_metrics)
+    _add_health(app)
+    return app

@@ -1,0 +1,74 @@
+"""Configuration: every option as a `--flag` and as an `MTT_EXPORTER_*` variable."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port); host '' means all interfaces."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Settings(BaseSettings):
+    """mtt-exporter: Prometheus exporter for MTT call-progress notifications."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MTT_EXPORTER_",
+        cli_prog_name="mtt-exporter",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=False,
+        extra="ignore",
+    )
+
+    listen: str = Field("0.0.0.0:9888", description="HOST:PORT for notifications (and /metrics unless --metrics-listen).")
+    metrics_listen: str | None = Field(None, description="HOST:PORT of a second listener for /metrics and health only.")
+    token: SecretStr | None = Field(None, description="Shared secret a notification must carry (path, ?token=, Bearer or Basic password).")
+    call_ttl: float = Field(6 * 3600, gt=0, description="Seconds a call is kept after its last notification.")
+    max_calls: int = Field(500_000, ge=1, description="Cap on calls held in memory; the oldest are evicted.")
+    call_end_grace: float = Field(15.0, ge=0, description="Seconds to wait for a late answer or new leg before ending an unanswered call.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+    max_batch_items: int = Field(1000, ge=1, description="Most notifications in one JSON array (413 above).")
+    exemplars: bool = Field(True, description="Attach the call id as an exemplar to duration histograms (OpenMetrics).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None  # an empty variable means no token
+        return value
+
+
+def load(argv: list[str] | None = None) -> Settings:
+    """Settings from flags and environment; on any invalid value print every error and exit 1."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return Settings(_cli_parse_args=args)  # type: ignore[call-arg]
+    except ValidationError as error:
+        lines = [f"  --{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors()]
+        print("mtt-exporter: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
+    except Exception as error:  # argparse errors (unknown flag, missing value)
+        print(f"mtt-exporter: {error}", file=sys.stderr)
+    raise SystemExit(1)

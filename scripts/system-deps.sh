@@ -1,0 +1,20 @@
+#!/bin/sh
+# Debian packages the test suite runs for real: promtool/prometheus, redis-server, wrk.
+# Installs them when missing and this is root on a Debian-like system; otherwise says what
+# is missing (tests that need them skip locally and fail in CI, where CI=true).
+set -eu
+PACKAGES="prometheus redis-server wrk"
+missing=""
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+    echo "system-deps: missing$missing (apt-get install $PACKAGES as root); tests needing them will skip" >&2
+fi

@@ -1,0 +1,75 @@
+"""Shared fixtures: the seed call, a test client with a fake clock, promtool."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from exporter.server import AccessLogger, create_app
+from exporter.settings import Settings
+
+DATA = Path(__file__).parent / "data"
+#: Receipt time of the tests: 2026-01-01T00:00:00Z.
+NOW = 1_767_225_600.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite golden files")
+
+
+@pytest.fixture
+def seed_call() -> list[dict]:
+    """The operator's eight example notifications of one call, in order."""
+    return json.loads((DATA / "seed_call.json").read_text())
+
+
+class Clock:
+    """A settable receipt clock."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_client(aiohttp_client, clock):
+    """Build a test client for given settings; returns (client, app)."""
+
+    async def make(**overrides):
+        settings = Settings(_cli_parse_args=[], **overrides)  # type: ignore[call-arg]
+        app = create_app(settings, registry=CollectorRegistry(), clock=clock)
+        server = TestServer(app)
+        await server.start_server(access_log_class=AccessLogger)  # as __main__ runs it
+        client = await aiohttp_client(server)
+        return client, app
+
+    return make
+
+
+def need_binary(name: str) -> str:
+    """Path of a binary the test needs: skip locally when missing, fail in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not installed (scripts/system-deps.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def promtool() -> str:
+    return need_binary("promtool")

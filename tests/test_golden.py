@@ -1,0 +1,38 @@
+"""Golden exposition of the replayed seed call, and `promtool check metrics` over it.
+
+Regenerate after an intended change with `make golden`; never edit the file by hand.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from prometheus_client import generate_latest
+
+from exporter.server import METRICS
+
+from .conftest import DATA
+
+GOLDEN = DATA / "golden_seed.prom"
+
+
+async def _replayed_seed(make_client, seed_call):
+    client, app = await make_client()
+    for item in seed_call:
+        assert (await client.post("/notify", json=item)).status == 200
+    return app[METRICS].registry
+
+
+async def test_golden_exposition(make_client, seed_call, request):
+    text = generate_latest(await _replayed_seed(make_client, seed_call)).decode()
+    if request.config.getoption("--update-golden"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "exposition changed: review, then `make golden`"
+
+
+async def test_promtool_check_metrics(make_client, seed_call, promtool):
+    # promtool lints the text format (it does not read OpenMetrics exemplars)
+    exposition = generate_latest(await _replayed_seed(make_client, seed_call))
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
