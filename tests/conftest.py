@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from exporter.server import AccessLogger, create_app
+from exporter.server import create_app, runner_options
 from exporter.settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -52,7 +52,7 @@ def make_client(aiohttp_client, clock):
         settings = Settings(_cli_parse_args=[], **overrides)  # type: ignore[call-arg]
         app = create_app(settings, registry=CollectorRegistry(), clock=clock)
         server = TestServer(app)
-        await server.start_server(access_log_class=AccessLogger)  # as __main__ runs it
+        await server.start_server(**runner_options(settings))  # as __main__ runs it
         client = await aiohttp_client(server)
         return client, app
 
