@@ -77,6 +77,8 @@ async def test_batch_with_bad_items_records_the_good_ones(make_client, seed_call
         pytest.param(b"42", {}, 400, "malformed", id="JSON number"),
         pytest.param(b'"text"', {}, 400, "malformed", id="JSON string"),
         pytest.param(b"[]", {}, 400, "invalid", id="empty batch"),
+        pytest.param(b'{"h323_conf_id": 1' + b"1" * 5000 + b"}", {}, 400, "malformed", id="int beyond digit limit"),
+        pytest.param(b"[" * 100000, {}, 400, "malformed", id="deep nesting"),
         pytest.param(b"{}", {}, 400, "invalid", id="empty object"),
         pytest.param(b'{"h323_conf_id":"X","data":"event=zz_1_2019-05-23-15-15-19"}', {}, 400, "unknown_event", id="unknown event"),
         pytest.param(b"[" + b"{}," * 1000 + b"{}]", {}, 413, "too_many_items", id="batch too long"),
