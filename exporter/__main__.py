@@ -10,7 +10,7 @@ import sys
 from aiohttp import web
 
 from . import __version__, log as logsetup
-from .server import create_app, create_metrics_app, runner_options, ssl_context
+from .server import create_app, create_metrics_app, drain, runner_options, ssl_context
 from .settings import Settings, load, split_host_port
 
 log = logging.getLogger("mtt_exporter")
@@ -45,6 +45,11 @@ async def serve(settings: Settings) -> None:
             log.warning("no --token set: anyone who can reach the listener can post notifications")
         await stop.wait()
         log.info("stopping")
+        for runner in runners:  # stop accepting, then let bodies still arriving come in
+            for site in runner.sites:
+                await site.stop()
+        if not await drain(app, settings.read_timeout):
+            log.warning("requests still in flight after --read-timeout; cutting them off")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

@@ -11,7 +11,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 from urllib.parse import parse_qsl
@@ -36,7 +36,7 @@ CORRELATOR = web.AppKey("correlator", Correlator)
 CLOCK = web.AppKey("clock", Callable[[], float])
 READY = web.AppKey("ready", asyncio.Event)
 STATE = web.AppKey("state", StateFile)
-SLOTS = web.AppKey("slots", asyncio.Semaphore)
+
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -67,6 +67,48 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     for candidate in offered:  # compare every candidate: timing reveals nothing
         ok |= hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), token)
     return ok
+
+
+class Gate:
+    """Notification requests in flight, at most `limit`; `idle` is set while there are none."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def full(self) -> bool:
+        return self.busy >= self.limit
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.busy += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
+
+
+GATE = web.AppKey("gate", Gate)
+
+
+async def drain(app: web.Application, timeout: float) -> bool:
+    """Wait up to `timeout` for the notification requests in flight to finish; True if they did.
+
+    For shutdown, after the listeners closed and before the runner's cleanup: aiohttp
+    stops reading every connection when its cleanup starts, which would cut off bodies
+    still arriving.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await app[GATE].idle.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def client_address(
@@ -160,12 +202,12 @@ async def handle_notify(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     if settings.token is not None and not _authorized(request, settings.token.get_secret_value().encode()):
         return _refuse(request, 401, Reason.UNAUTHORIZED, "missing or wrong token")
-    slots = app[SLOTS]
-    if slots.locked():  # 429, not 503: a 5xx would page for the sender's behaviour
-        response = _refuse(request, 429, Reason.OVERLOADED, f"more than {settings.max_concurrent_requests} requests at once")
+    gate = app[GATE]
+    if gate.full():  # 429, not 503: a 5xx would page for the sender's behaviour
+        response = _refuse(request, 429, Reason.OVERLOADED, f"more than {gate.limit} requests at once")
         response.headers["Retry-After"] = str(RETRY_AFTER)
         return response
-    async with slots:
+    with gate.held():
         return await _notify(request)
 
 
@@ -379,7 +421,7 @@ def create_app(
     metrics.track(correlator.__len__)
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
     app[READY] = asyncio.Event()
-    app[SLOTS] = asyncio.Semaphore(settings.max_concurrent_requests)
+    app[GATE] = Gate(settings.max_concurrent_requests)
     if settings.state_path is not None:
         app[STATE] = StateFile(settings.state_path, correlator)
     app.router.add_post("/notify", handle_notify)
