@@ -26,7 +26,7 @@ from .correlator import Correlator
 from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
 from .settings import Settings
-from .state import StateFile
+from .statefile import StateFile
 
 log = logging.getLogger("mtt_exporter")
 

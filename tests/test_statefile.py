@@ -24,7 +24,7 @@ from exporter.correlator import (
 )
 from exporter.model import PayloadError, Reason
 from exporter.server import CORRELATOR, METRICS
-from exporter.state import StateFile
+from exporter.statefile import StateFile
 
 from .test_correlator import B1, B2, NOW, SEED, SEED_DURATIONS, calls, durations, legs, note, run
 
