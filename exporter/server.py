@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
@@ -189,6 +190,12 @@ def decode(body: bytes, content_type: str) -> Any:
         raise PayloadError(Reason.MALFORMED, "body is neither JSON nor a urlencoded form") from None
 
 
+def _closing(response: web.Response) -> web.Response:
+    """The rest of the body is unusable: do not keep the connection for another request."""
+    response.force_close()
+    return response
+
+
 def _refuse(request: web.Request, status: int, reason: Reason, message: str) -> web.Response:
     """Count a refused request, log the reason and the client (never the body), answer 4xx."""
     request.app[METRICS].reject(reason)
@@ -222,10 +229,12 @@ async def _notify(request: web.Request) -> web.Response:
                 body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             pass
+        except (web.RequestPayloadError, ConnectionResetError):  # bad gzip or chunks; client gone
+            return _closing(_refuse(request, 400, Reason.MALFORMED, "body cannot be read (broken encoding or connection)"))
         except TimeoutError:
-            return _refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s")
-    if body is None or len(body) > limit:
-        return _refuse(request, 413, Reason.TOO_LARGE, f"body larger than {limit} bytes")
+            return _closing(_refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s"))
+    if body is None or len(body) > limit:  # and not read on: it may be a decompression bomb
+        return _closing(_refuse(request, 413, Reason.TOO_LARGE, f"body larger than {limit} bytes"))
 
     try:
         value = decode(body, request.content_type)
@@ -332,6 +341,27 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+class _ClientFaults(logging.Filter):
+    """aiohttp logs what a client did wrong at ERROR with a traceback: HTTP it cannot parse
+    (a 400 it answers itself), a body that breaks off or does not decompress (while it
+    drains the rest after our answer). Anyone could flood the log with those: one line at
+    debug instead. Our own bugs still log at ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        client_fault = isinstance(error, web.RequestPayloadError | ConnectionResetError) or (
+            isinstance(error, HttpProcessingError) and 400 <= (error.code or 0) < 500)
+        if not client_fault:
+            return True
+        detail = " ".join(str(error).split())[:120]
+        record.msg, record.args = f"client fault: {type(error).__name__}: {detail}", None
+        record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_CLIENT_FAULTS = _ClientFaults()
+
+
 def tick(app: web.Application, now: float) -> None:
     """Make the decisions due at `now` (grace periods, TTL) and record them."""
     app[METRICS].record_facts(app[CORRELATOR].expire(now))
@@ -416,6 +446,7 @@ def create_app(
 ) -> web.Application:
     """The notification app; serves /metrics too unless a separate metrics listener is set."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard])
+    logging.getLogger("aiohttp.server").addFilter(_CLIENT_FAULTS)  # once: the same filter object
     metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
     correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
     metrics.track(correlator.__len__)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import json
+import logging
+import socket
 import tracemalloc
 
 import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from exporter.correlator import MAX_NOTIFICATIONS_PER_CALL
-from exporter.server import GATE
+from exporter.server import GATE, create_app, runner_options
+from exporter.settings import Settings
 
 from .test_server import rejected, value
 
@@ -121,3 +128,51 @@ async def test_flood_of_calls_that_never_end_stays_at_the_cap(make_client):
     # 20,000 more calls through a table of 200: memory does not follow the number of calls
     # (100 kB would be 5 bytes a call)
     assert after - settled < 100_000, f"{after - settled} bytes more after 20,000 calls at a cap of {cap}"
+
+
+BROKEN = {
+    "gzip that is not gzip": (b"Content-Encoding: gzip\r\nContent-Length: 7\r\n\r\ngarbage", 400, "malformed"),
+    "deflate that is not deflate": (b"Content-Encoding: deflate\r\nContent-Length: 7\r\n\r\ngarbage", 400, "malformed"),
+    "gzip bomb": (b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(BOMB := gzip.compress(b" " * 5_000_000)) + BOMB, 413, "too_large"),
+    "bad chunk size": (b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400, None),
+    "not HTTP at all": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, None),
+}
+
+
+@pytest.mark.parametrize(("raw", "status", "reason"), [pytest.param(*v, id=k) for k, v in BROKEN.items()])
+async def test_broken_bodies_get_4xx_and_no_error_log(make_client, caplog, raw, status, reason):
+    caplog.set_level("INFO")
+    client, app = await make_client()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    head = b"" if raw.startswith(b"\x16") else b"POST /notify HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    writer.write(head + raw)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == str(status).encode(), answer[:200]
+    if reason is not None:
+        assert rejected(app, reason) == 1
+    await asyncio.sleep(0.05)  # aiohttp logs after answering
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_client_leaving_mid_body_is_counted_not_logged_as_error(caplog):
+    # the runner as __main__ builds it: the test server would cancel the handler instead
+    caplog.set_level("INFO")
+    settings = Settings(_cli_parse_args=[])  # type: ignore[call-arg]
+    app = create_app(settings, registry=CollectorRegistry())
+    runner = web.AppRunner(app, **runner_options(settings))
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        port = sock.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+        await _until(lambda: app[GATE].busy == 1)
+        writer.close()
+        await _until(lambda: app[GATE].busy == 0)
+        assert rejected(app, "malformed") == 1
+    finally:
+        await runner.cleanup()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
