@@ -29,20 +29,27 @@ final only after the grace period on the receipt clock: wait for it before compa
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hashlib
 import heapq
 import json
 import math
 import random
+import secrets
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rich.console import Console
+from rich.table import Table
 
 _MOSCOW = ZoneInfo("Europe/Moscow")
 #: Default simulated start: 2026-01-01T00:00:00Z.
@@ -122,8 +129,11 @@ class Delivery:
     at: float
     #: A JSON-ready notification, or raw bytes (malformed bodies).
     body: dict[str, Any] | bytes
-    #: event, duplicate, malformed or unknown_event
+    #: event, duplicate, malformed or unknown_event (recorded, for replay)
     kind: str = "event"
+    #: index of the simulated call it belongs to
+    call: int = 0
+    content_type: str = "application/json"
 
     def payload(self) -> bytes:
         """The body as sent."""
@@ -514,16 +524,16 @@ class Simulation:
         out: list[Delivery] = []
         for ev, when in zip(events, at):
             body = renderer.body(ev, call)
-            out.append(Delivery(when, body))
+            out.append(Delivery(when, body, "event", index))
             if rng.random() * 100 < c.duplicate_pct:
-                out.append(Delivery(when + rng.uniform(0.001, 1.0), body, "duplicate"))
+                out.append(Delivery(when + rng.uniform(0.001, 1.0), body, "duplicate", index))
                 self.truth.add("mtt_notifications_total", event=_EVENT_NAMES[ev.code])
                 self.truth.add("mtt_notifications_duplicate_total", event=_EVENT_NAMES[ev.code])
             if rng.random() * 100 < c.malformed_pct:
-                out.append(Delivery(when + 0.0005, renderer.malformed(call), "malformed"))
+                out.append(Delivery(when + 0.0005, renderer.malformed(call), "malformed", index))
                 self.truth.add("mtt_notifications_rejected_total", reason="malformed")
             if rng.random() * 100 < c.unknown_event_pct:
-                out.append(Delivery(when + 0.0005, renderer.unknown_event(call, ev.t), "unknown_event"))
+                out.append(Delivery(when + 0.0005, renderer.unknown_event(call, ev.t), "unknown_event", index))
                 self.truth.add("mtt_notifications_rejected_total", reason="unknown_event")
         self.truth.sent.update(d.kind for d in out)
         return out
@@ -591,3 +601,148 @@ def diff(truth: Truth, exposition: str, baseline: str | None = None) -> list[str
         if not math.isclose(got, sample.value, rel_tol=1e-9, abs_tol=1e-6):
             problems.append(f"{sample.key()}: expected {sample.value:g}, got {got:g}")
     return problems
+
+
+# --- command line: `mtt-exporter simulate` ----------------------------------------------------
+
+#: HTTP status each kind of delivery must get.
+EXPECTED_STATUS = {"event": 200, "duplicate": 200, "malformed": 400, "unknown_event": 400}
+
+
+def _cause_mix(text: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, weight = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected CATEGORY=WEIGHT,..., got {part!r}")
+        mix[name.strip()] = float(weight)
+    return mix
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .replay import DEFAULT_URL, TOKEN_ENV
+
+    parser = argparse.ArgumentParser(
+        prog="mtt-exporter simulate",
+        description="Post simulated MTT call traffic and print (or --check) exactly what the exporter must show.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--url", default=DEFAULT_URL, help="notify URL")
+    parser.add_argument("--metrics-url", help="scraped by --check (default: /metrics on the --url's host)")
+    parser.add_argument("--token", help=f"sent as Bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--duration", type=float, help="seconds of sending: sets --calls to rate x duration")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
+    parser.add_argument("--truth", type=Path, metavar="FILE", help="write the expected samples as JSON")
+    parser.add_argument("--check", action="store_true",
+                        help="scrape /metrics before and after, exit 1 unless the change equals the truth")
+    parser.add_argument("--wait", type=float, default=16.0,
+                        help="seconds to wait before the final scrape: the exporter's --call-end-grace plus a tick")
+    traffic = parser.add_argument_group("traffic")
+    for name, info in SimConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = info.get_default(call_default_factory=True)
+        if name == "cause_mix":
+            traffic.add_argument(flag, type=_cause_mix, default=default, metavar="CATEGORY=WEIGHT,...",
+                                 help=f"{info.description} Categories: {', '.join(FAILURES)}.")
+        elif name == "start":
+            traffic.add_argument(flag, default="now", help="Unix time the simulated clock starts at, or 'now'.")
+        elif name == "run_id":
+            traffic.add_argument(flag, default=None, help=f"{info.description} (default: random)")
+        elif info.annotation is bool:
+            traffic.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=info.description)
+        else:
+            traffic.add_argument(flag, type=info.annotation, default=default, help=info.description)
+    return parser
+
+
+def summary_table(truth: Truth) -> Table:
+    """The expected numbers that matter most, as a table."""
+    table = Table(title=f"expected: {truth.calls} calls, {sum(truth.sent.values())} requests")
+    table.add_column("metric")
+    table.add_column("labels")
+    table.add_column("value", justify="right")
+    shown = ("mtt_calls_total", "mtt_call_legs_total", "mtt_call_attempts_total", "mtt_call_answers_total",
+             "mtt_notifications_duplicate_total", "mtt_notifications_rejected_total")
+    for s in truth.samples():
+        if s.name in shown and (s.value or not s.labels):
+            table.add_row(s.name, ",".join(f"{k}={v}" for k, v in s.labels), f"{s.value:g}")
+    hangups = sorted(((v, k[1]) for k, v in truth.values.items() if k[0] == "mtt_call_hangups_total" and k[1]), reverse=True)
+    for value, labels in hangups[:8]:
+        table.add_row("mtt_call_hangups_total", ",".join(f"{k}={v}" for k, v in labels), f"{value:g}")
+    for name in ("mtt_ring_duration_seconds", "mtt_answered_duration_seconds", "mtt_talk_duration_seconds"):
+        count, total = truth.get(name + "_count"), truth.get(name + "_sum")
+        if name == "mtt_ring_duration_seconds":
+            count = sum(truth.get(name + "_count", outcome=o) for o in ("answered", "unanswered"))
+            total = sum(truth.get(name + "_sum", outcome=o) for o in ("answered", "unanswered"))
+        table.add_row(name, "mean", f"{total / count:.1f} s" if count else "-")
+    return table
+
+
+async def _run(config: SimConfig, args: argparse.Namespace, console: Console) -> int:
+    from .replay import auth_headers, metrics_url_for, post_all, progress_bar, scrape
+
+    metrics_url = args.metrics_url or metrics_url_for(args.url)
+    baseline = None
+    if args.check:
+        try:
+            baseline = await scrape(metrics_url)
+        except Exception as error:  # noqa: BLE001 - any failure to reach the exporter ends the run
+            console.print(f"mtt-exporter simulate: cannot scrape {metrics_url}: {error}")
+            return 2
+    simulation = Simulation(config)
+    with progress_bar(console) as progress:
+        task = progress.add_task("simulate", total=config.calls, unit="calls", info="")
+
+        def show(stats: Any) -> None:
+            rate = stats.sent / stats.seconds if stats.seconds else 0
+            progress.update(task, completed=stats.calls_started, info=f"{stats.sent} requests, {rate:.0f}/s")
+
+        stats = await post_all(simulation, args.url, speed=1.0, concurrency=args.concurrency,
+                               headers=auth_headers(args.token), on_progress=show)
+    truth = simulation.truth
+    out = Console()
+    out.print(summary_table(truth))
+    out.print(stats.table("sent"))
+    if args.truth is not None:
+        args.truth.write_text(json.dumps({"config": config.model_dump(), **truth.to_json()}, indent=1) + "\n")
+    failures = stats.failures(lambda kind: EXPECTED_STATUS[kind])
+    if failures:
+        out.print(f"{failures} requests did not get the expected answer (see the table)")
+    if not args.check:
+        return 1 if failures else 0
+    with console.status(f"waiting {args.wait:g} s for the exporter's grace period"):
+        await asyncio.sleep(args.wait)
+    for attempt in range(4):  # a tick may still be due: retry briefly before reporting
+        problems = diff(truth, await scrape(metrics_url), baseline)
+        if not problems:
+            break
+        await asyncio.sleep(1)
+    for problem in problems:
+        out.print(problem, markup=False, highlight=False)
+    out.print(f"{len(problems)} differences", markup=False, highlight=False)
+    return 1 if problems or failures else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`mtt-exporter simulate`."""
+    args = _parser().parse_args(argv)
+    values = {name: getattr(args, name) for name in SimConfig.model_fields}
+    values["start"] = int(time.time()) if args.start == "now" else args.start
+    values["run_id"] = args.run_id if args.run_id is not None else secrets.token_hex(4)
+    if args.duration is not None:
+        values["calls"] = max(1, round(args.rate * args.duration))
+    console = Console(stderr=True)
+    try:
+        config = SimConfig(**values)
+    except ValidationError as error:
+        lines = [f"  --{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors()]
+        console.print("mtt-exporter simulate: invalid settings:\n" + "\n".join(lines), markup=False)
+        raise SystemExit(2) from None
+    raise SystemExit(asyncio.run(_run(config, args, console)))
