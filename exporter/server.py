@@ -26,6 +26,7 @@ from . import __version__
 from .correlator import Correlator
 from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
+from .record import Recorder
 from .settings import Settings
 from .statefile import StateFile
 
@@ -37,7 +38,7 @@ CORRELATOR = web.AppKey("correlator", Correlator)
 CLOCK = web.AppKey("clock", Callable[[], float])
 READY = web.AppKey("ready", asyncio.Event)
 STATE = web.AppKey("state", StateFile)
-
+RECORDER = web.AppKey("recorder", Recorder)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -235,6 +236,8 @@ async def _notify(request: web.Request) -> web.Response:
             return _closing(_refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s"))
     if body is None or len(body) > limit:  # and not read on: it may be a decompression bomb
         return _closing(_refuse(request, 413, Reason.TOO_LARGE, f"body larger than {limit} bytes"))
+    if RECORDER in app:
+        app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
     try:
         value = decode(body, request.content_type)
@@ -382,6 +385,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 tick(app, app[CLOCK]())
+                if RECORDER in app:
+                    app[RECORDER].flush()
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("expiry tick failed")
             if state is not None and interval is not None and running.time() >= next_save:
@@ -397,6 +402,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if RECORDER in app:
+        app[RECORDER].close()
     if state is not None:
         state.save()  # newer than any periodic write still running: that one is skipped
 
@@ -455,6 +462,8 @@ def create_app(
     app[GATE] = Gate(settings.max_concurrent_requests)
     if settings.state_path is not None:
         app[STATE] = StateFile(settings.state_path, correlator)
+    if settings.record is not None:
+        app[RECORDER] = Recorder(settings.record, settings.record_max_bytes, settings.record_keep)
     app.router.add_post("/notify", handle_notify)
     app.router.add_post("/notify/{token}", handle_notify)
     if settings.metrics_listen is None:
