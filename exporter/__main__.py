@@ -44,8 +44,8 @@ async def serve(settings: Settings) -> None:
         )
         if settings.token is None:
             log.warning("no --token set: anyone who can reach the listener can post notifications")
-        if settings.record is not None:
-            log.warning("recording every received body to %s: the files hold phone numbers", settings.record)
+        if settings.record_path is not None:
+            log.warning("recording every received body to %s: the files hold phone numbers", settings.record_path)
         await stop.wait()
         log.info("stopping")
         for runner in runners:  # stop accepting, then let bodies still arriving come in

@@ -462,8 +462,8 @@ def create_app(
     app[GATE] = Gate(settings.max_concurrent_requests)
     if settings.state_path is not None:
         app[STATE] = StateFile(settings.state_path, correlator)
-    if settings.record is not None:
-        app[RECORDER] = Recorder(settings.record, settings.record_max_bytes, settings.record_keep)
+    if settings.record_path is not None:
+        app[RECORDER] = Recorder(settings.record_path, settings.record_max_bytes, settings.record_keep)
     app.router.add_post("/notify", handle_notify)
     app.router.add_post("/notify/{token}", handle_notify)
     if settings.metrics_listen is None:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     record_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, description="Rotate the --record file when it would grow past this size.")
     record_keep: int = Field(5, ge=0, description="Rotated --record files kept (FILE.1 is the newest).")
     exemplars: bool = Field(True, description="Attach the call id as an exemplar to duration histograms (OpenMetrics).")
-    data_dir: Path | None = Field(None, description="Writable directory for the state file (a relative --state-file is taken from here).")
+    data_dir: Path | None = Field(None, description="Writable directory for the state and record files (a relative --state-file or --record is taken from here).")
     state_file: Path | None = Field(None, description="Save calls in progress here on shutdown and load them on start.")
     state_interval: float | None = Field(None, gt=0, description="Also save the state every this many seconds (limits what a hard kill loses).")
     allow_cidr: Networks = Field([], description="Accept requests only from these networks (repeatable; 403 otherwise). Health checks stay open.")
@@ -93,12 +93,18 @@ class Settings(BaseSettings):
             raise ValueError(f"--state-file: directory {state.parent} is not writable")
         return self
 
+    def _in_data_dir(self, path: Path | None) -> Path | None:
+        return self.data_dir / path if path is not None and self.data_dir is not None else path
+
     @property
     def state_path(self) -> Path | None:
         """--state-file, taken relative to --data-dir when that is set."""
-        if self.state_file is None:
-            return None
-        return self.data_dir / self.state_file if self.data_dir is not None else self.state_file
+        return self._in_data_dir(self.state_file)
+
+    @property
+    def record_path(self) -> Path | None:
+        """--record, taken relative to --data-dir when that is set."""
+        return self._in_data_dir(self.record)
 
     @field_validator("token")
     @classmethod

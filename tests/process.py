@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -82,3 +84,31 @@ class Exporter:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+#: Gauges: a later process's value replaces the earlier one (counters and histograms add up).
+GAUGES = ("mtt_calls_in_progress", "mtt_calls_tracked")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def combined(*expositions: str) -> str:
+    """What Prometheus sums over restarts: counters and histograms added, gauges from the last.
+
+    Prometheus text, one line per mtt_ sample, for `simulate.diff`.
+    """
+    totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for text in expositions:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if not s.name.startswith("mtt_"):
+                    continue
+                key = (s.name, tuple(sorted(s.labels.items())))
+                totals[key] = s.value if s.name in GAUGES else totals.get(key, 0.0) + s.value
+    lines = []
+    for (name, labels), value in sorted(totals.items()):
+        inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+        lines.append(f"{name}{{{inner}}} {value!r}")
+    return "\n".join(lines) + "\n"

@@ -121,3 +121,4 @@ def test_state_file_is_taken_from_the_data_dir(tmp_path):
     assert load(["--data-dir", str(tmp_path), "--state-file", "state.json"]).state_path == tmp_path / "state.json"
     assert load(["--state-file", str(tmp_path / "s.json")]).state_path == tmp_path / "s.json"
     assert load([]).state_path is None
+    assert load(["--data-dir", str(tmp_path), "--record", "bodies.jsonl"]).record_path == tmp_path / "bodies.jsonl"
