@@ -16,11 +16,14 @@ LABEL org.opencontainers.image.title="mtt-call-exporter" \
       org.opencontainers.image.source="https://github.com/mtt-call-exporter/mtt-call-exporter"
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin exporter
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin exporter \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/mtt-exporter
 USER 10001:10001
-ENV MTT_EXPORTER_LISTEN=0.0.0.0:9888 PYTHONUNBUFFERED=1
+# the only directory written (state, records): a volume or tmpfs under `docker run --read-only`
+ENV MTT_EXPORTER_LISTEN=0.0.0.0:9888 MTT_EXPORTER_DATA_DIR=/var/lib/mtt-exporter \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 9888
-# no curl in slim: ask the health endpoint with Python itself
+# no curl in slim: ask the health endpoint with Python itself (over TLS when MTT_EXPORTER_TLS_CERT is set)
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import os,sys,urllib.request; p=os.environ.get('MTT_EXPORTER_LISTEN','0.0.0.0:9888').rpartition(':')[2]; sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{p}/-/healthy', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import os,ssl,sys,urllib.request as u; e=os.environ; p=e.get('MTT_EXPORTER_LISTEN','0.0.0.0:9888').rpartition(':')[2]; s='https' if e.get('MTT_EXPORTER_TLS_CERT') else 'http'; sys.exit(u.urlopen(f'{s}://127.0.0.1:{p}/-/healthy', timeout=2, context=ssl._create_unverified_context()).status != 200)"]
 ENTRYPOINT ["mtt-exporter"]

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ctypes
 import hmac
 import json
 import logging
@@ -16,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -42,6 +43,8 @@ RECORDER = web.AppKey("recorder", Recorder)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
+#: How often freed heap memory is handed back to the system (see `_malloc_trim`).
+TRIM_SECONDS = 10.0
 _FORM_TYPE = "application/x-www-form-urlencoded"
 #: Paths an --allow-cidr list does not cover: orchestrators probe from their own addresses.
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
@@ -143,6 +146,14 @@ def _peer(request: web.BaseRequest) -> str:
     return "unknown" if address is None else str(address)
 
 
+def _unread_encoded_body(request: web.BaseRequest) -> bool:
+    """A compressed or chunked body is left unread: aiohttp would read it away after the
+    answer and, if that breaks (bad gzip or chunks), drop the connection without a word,
+    failing the client's next request on it. Such answers close the connection instead."""
+    encoded = hdrs.CONTENT_ENCODING in request.headers or hdrs.TRANSFER_ENCODING in request.headers
+    return encoded and not request.content.at_eof()
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """--allow-cidr: 403 for a client outside the listed networks (health checks excepted)."""
@@ -151,7 +162,12 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         address = client_address(request, settings.trusted_proxy)
         if address is None or not any(address in network for network in settings.allow_cidr):
             return _refuse(request, 403, Reason.FORBIDDEN, "client address not allowed")
-    return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as error:  # 404, 405 from the router
+        if _unread_encoded_body(request):
+            error.force_close()
+        raise
 
 
 def _form(text: str) -> dict[str, Any]:
@@ -191,17 +207,15 @@ def decode(body: bytes, content_type: str) -> Any:
         raise PayloadError(Reason.MALFORMED, "body is neither JSON nor a urlencoded form") from None
 
 
-def _closing(response: web.Response) -> web.Response:
-    """The rest of the body is unusable: do not keep the connection for another request."""
-    response.force_close()
-    return response
-
-
-def _refuse(request: web.Request, status: int, reason: Reason, message: str) -> web.Response:
-    """Count a refused request, log the reason and the client (never the body), answer 4xx."""
+def _refuse(request: web.Request, status: int, reason: Reason, message: str, close: bool = False) -> web.Response:
+    """Count a refused request, log the reason and the client (never the body), answer 4xx;
+    `close`: the rest of the body is not worth reading, close the connection."""
     request.app[METRICS].reject(reason)
     log.info("rejected request", extra={"reason": reason.value, "peer": _peer(request), "error": message})
-    return _error(status, reason, message)
+    response = _error(status, reason, message)
+    if close or _unread_encoded_body(request):
+        response.force_close()
+    return response
 
 
 async def handle_notify(request: web.Request) -> web.Response:
@@ -223,19 +237,18 @@ async def _notify(request: web.Request) -> web.Response:
     app = request.app
     settings, metrics = app[SETTINGS], app[METRICS]
     limit = settings.max_body_bytes
-    body: bytes | None = None
-    if request.content_length is None or request.content_length <= limit:
-        try:
-            async with asyncio.timeout(settings.read_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            pass
-        except (web.RequestPayloadError, ConnectionResetError):  # bad gzip or chunks; client gone
-            return _closing(_refuse(request, 400, Reason.MALFORMED, "body cannot be read (broken encoding or connection)"))
-        except TimeoutError:
-            return _closing(_refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s"))
-    if body is None or len(body) > limit:  # and not read on: it may be a decompression bomb
-        return _closing(_refuse(request, 413, Reason.TOO_LARGE, f"body larger than {limit} bytes"))
+    too_large = f"body larger than {limit} bytes"
+    if request.content_length is not None and request.content_length > limit:
+        return _refuse(request, 413, Reason.TOO_LARGE, too_large)  # aiohttp reads the rest away, briefly
+    try:
+        async with asyncio.timeout(settings.read_timeout):
+            body = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked or decompressed past the limit: read no further
+        return _refuse(request, 413, Reason.TOO_LARGE, too_large, close=True)
+    except (web.RequestPayloadError, ConnectionResetError):  # bad gzip or chunks; client gone
+        return _refuse(request, 400, Reason.MALFORMED, "body cannot be read (broken encoding or connection)", close=True)
+    except TimeoutError:
+        return _refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s", close=True)
     if RECORDER in app:
         app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
@@ -370,6 +383,19 @@ def tick(app: web.Application, now: float) -> None:
     app[METRICS].record_facts(app[CORRELATOR].expire(now))
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere (musl, macOS).
+
+    Bodies of every size leave glibc's heap fragmented; it keeps the freed memory, so RSS
+    creeps up under varied traffic although the memory in use is flat. Trimming now and
+    then keeps RSS equal to what is used: a memory alert then means a real leak.
+    """
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Load the state, tick (and snapshot) while serving; at shutdown, after the last
     request finished, save the state."""
@@ -381,6 +407,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         running = asyncio.get_running_loop()
         next_save = running.time() + (interval or 0)
+        trim, next_trim = _malloc_trim(), running.time() + TRIM_SECONDS
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
@@ -395,6 +422,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     await running.run_in_executor(None, state.write, state.snapshot())
                 except OSError as error:
                     log.error("cannot write the state file", extra={"path": str(state.path), "error": str(error)})
+            if trim is not None and running.time() >= next_trim:
+                next_trim = running.time() + TRIM_SECONDS
+                await running.run_in_executor(None, trim, 0)  # in a thread: it walks the whole heap
 
     task = asyncio.create_task(loop())
     app[READY].set()

@@ -86,8 +86,8 @@ class Settings(BaseSettings):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.state_interval is not None and self.state_file is None:
             raise ValueError("--state-interval needs --state-file")
-        if self.data_dir is not None and not (self.data_dir.is_dir() and os.access(self.data_dir, os.W_OK | os.X_OK)):
-            raise ValueError(f"--data-dir {self.data_dir} is not a writable directory")
+        if self.data_dir is not None and not self.data_dir.is_dir():
+            raise ValueError(f"--data-dir {self.data_dir} is not a directory")
         state = self.state_path
         if state is not None and not os.access(state.parent, os.W_OK | os.X_OK):
             raise ValueError(f"--state-file: directory {state.parent} is not writable")

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ def free_port() -> int:
 class Exporter:
     """Start with `start()`, stop with `stop()`; stderr (the log) goes to a file in `workdir`."""
 
-    def __init__(self, workdir: Path, *args: str, scheme: str = "http", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, workdir: Path, *args: str, scheme: str = "http", tls: ssl.SSLContext | None = None,
+                 prefix: Sequence[str] = ()) -> None:
         self.workdir = workdir
         self.args = args
+        self.prefix = prefix  # a command that execs the rest, e.g. in a mount namespace
         self.port = free_port()
         self.base = f"{scheme}://127.0.0.1:{self.port}"
         self.tls = tls
@@ -42,7 +45,7 @@ class Exporter:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MTT_EXPORTER_")}
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{self.port}", *self.args],
+                [*self.prefix, sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{self.port}", *self.args],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
             )
         deadline = time.monotonic() + timeout

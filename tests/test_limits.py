@@ -176,3 +176,15 @@ async def test_client_leaving_mid_body_is_counted_not_logged_as_error(caplog):
     finally:
         await runner.cleanup()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/notify/"])
+async def test_unread_broken_gzip_closes_the_connection_openly(make_client, path):
+    # else aiohttp reads the body away after the answer, fails on it and drops the
+    # connection silently: the client's next request on it would fail
+    client, _ = await make_client(token="t")
+    response = await client.post(path, data=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert response.status in (401, 404)
+    assert response.headers.get("Connection") == "close"
+    plain = await client.post(path, data=b"{}")
+    assert "close" not in plain.headers.get("Connection", "")

@@ -6,14 +6,17 @@ import asyncio
 import json
 import signal
 import socket
+import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from exporter.replay import post_all
 from exporter.simulate import EXPECTED_STATUS, SimConfig, diff, generate
 
+from .conftest import need_binary
 from .process import Exporter, combined
 
 
@@ -151,3 +154,42 @@ def test_restart_in_the_middle_of_a_workload_loses_and_doubles_nothing(tmp_path)
     assert diff(workload.truth, combined(before_stop, after)) == []
     # the second run alone misses what the first one counted: the sum is not trivially right
     assert diff(workload.truth, after) != []
+
+
+def read_only_root(data: Path | None) -> list[str]:
+    """A prefix running the exporter with / mounted read-only (and `data` a tmpfs), in its own mount namespace."""
+    unshare = need_binary("unshare")
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "mount", "-o", "remount,bind,ro", "/"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount namespace here: {probe.stderr.decode().strip()}")
+    script = "mount -o remount,bind,ro / && "
+    if data is not None:
+        script += f"mount -t tmpfs -o size=16m,mode=0700 tmpfs {data} && "
+    return [unshare, "--mount", "--propagation", "private", "sh", "-c", script + 'exec "$0" "$@"']
+
+
+def test_read_only_root_filesystem_with_a_writable_data_dir(tmp_path, seed_call):
+    data = tmp_path / "data"
+    data.mkdir()
+    exporter = Exporter(tmp_path, "--data-dir", str(data), "--state-file", "state.json",
+                        prefix=read_only_root(data)).start()
+    try:
+        assert exporter.post(seed_call[:4])[0] == 200
+    finally:
+        assert exporter.stop() == 0
+    log = exporter.log()
+    assert "state saved" in log and "Read-only" not in log and "ERROR" not in log
+
+
+def test_read_only_root_filesystem_without_a_data_dir(tmp_path, seed_call):
+    exporter = Exporter(tmp_path, prefix=read_only_root(None)).start()
+    try:
+        assert exporter.post(seed_call)[0] == 200
+        assert 'mtt_calls_total{outcome="answered"} 1.0' in exporter.metrics()
+    finally:
+        assert exporter.stop() == 0
+    unwritable = Exporter(tmp_path, "--state-file", str(tmp_path / "state.json"), prefix=read_only_root(None))
+    with pytest.raises(AssertionError, match="exited 1"):
+        unwritable.start()
+    assert "is not writable" in unwritable.log()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
+import os
+import re
 import ssl
 import subprocess
+import sys
 
 import pytest
 
 from .conftest import need_binary
-from .process import Exporter
+from .process import ROOT, Exporter
 from .test_server import TOKEN, logged, rejected, value
 
 # the test client connects from 127.0.0.1
@@ -74,6 +78,24 @@ async def test_logged_client_is_the_forwarded_one(make_client, seed_call, caplog
 # --- TLS, with a real process --------------------------------------------------------------
 
 
+def docker_healthcheck(exporter: Exporter, **env: str) -> int:
+    """Run the Dockerfile's HEALTHCHECK command against `exporter`; its exit code."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    command = json.loads(re.search(r"HEALTHCHECK .*? CMD (\[.*\])", text)[1])
+    environment = {**os.environ, "MTT_EXPORTER_LISTEN": f"127.0.0.1:{exporter.port}", **env}
+    return subprocess.run([sys.executable if command[0] == "python" else command[0], *command[1:]],
+                          env=environment, capture_output=True, timeout=30).returncode
+
+
+def test_docker_healthcheck_plain(tmp_path):
+    exporter = Exporter(tmp_path, "--allow-cidr", "10.0.0.0/8").start()  # health stays open to the probe
+    try:
+        assert docker_healthcheck(exporter) == 0
+    finally:
+        exporter.stop()
+    assert docker_healthcheck(exporter) != 0  # and it notices a dead exporter
+
+
 @pytest.fixture
 def certificate(tmp_path):
     """A self-signed certificate for 127.0.0.1, made by the openssl CLI."""
@@ -94,6 +116,7 @@ def test_tls_listener(tmp_path, certificate, seed_call):
     exporter = Exporter(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key), "--token", TOKEN,
                         "--log-level", "debug", scheme="https", tls=trusting).start()
     try:
+        assert docker_healthcheck(exporter, MTT_EXPORTER_TLS_CERT=str(cert)) == 0
         assert exporter.post(seed_call, path=f"/notify/{TOKEN}")[0] == 200
         assert exporter.post(seed_call[2], path="/notify/wrong")[0] == 401
         basic = base64.b64encode(f"mtt:{TOKEN}".encode()).decode()

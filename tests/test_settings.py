@@ -105,7 +105,7 @@ def test_network_lists(monkeypatch, args, env, expected):
         pytest.param(["--tls-cert", __file__], "--tls-cert and --tls-key go together", id="cert without key"),
         pytest.param(["--tls-cert", "/no/such.pem", "--tls-key", "/no/such.pem"], "--tls-key", id="missing files"),
         pytest.param(["--state-interval", "60"], "--state-interval needs --state-file", id="interval without file"),
-        pytest.param(["--data-dir", "/no/such/dir"], "not a writable directory", id="missing data dir"),
+        pytest.param(["--data-dir", "/no/such/dir"], "not a directory", id="missing data dir"),
         pytest.param(["--state-file", "/no/such/dir/state.json"], "is not writable", id="state file in a missing dir"),
         pytest.param(["--max-concurrent-requests", "0"], "--max-concurrent-requests", id="no requests at all"),
         pytest.param(["--read-timeout", "0"], "--read-timeout", id="zero timeout"),
