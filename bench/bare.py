@@ -1,10 +1,11 @@
 """The ceiling of the stack: an aiohttp handler that reads the body and answers 200 with JSON.
 
-    python bench/bare.py HOST:PORT
+    python bench/bare.py HOST:PORT [uvloop]
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
@@ -24,7 +25,12 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/notify", handle_notify)
     app.router.add_get("/-/ready", handle_ready)
-    web.run_app(app, host=host, port=int(port), access_log=None, print=None)
+    loop = None
+    if sys.argv[2:] == ["uvloop"]:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host=host, port=int(port), access_log=None, print=None, loop=loop or asyncio.new_event_loop())
 
 
 if __name__ == "__main__":

@@ -75,13 +75,15 @@ def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
 
 
 @contextmanager
-def server(kind: str, port: int, filler: int = 0, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def server(kind: str, port: int, filler: int = 0, env: dict[str, str] | None = None,
+           loop: str = "asyncio") -> Iterator[subprocess.Popen]:
     """`exporter` (bench/serve.py) or `bare` (bench/bare.py) on 127.0.0.1:port, pinned, until ready."""
     listen = f"127.0.0.1:{port}"
     if kind == "bare":
-        cmd = [PY, str(BENCH / "bare.py"), listen]
+        cmd = [PY, str(BENCH / "bare.py"), listen, loop]
     else:
         cmd = [PY, str(BENCH / "serve.py"), "--filler", str(filler), "--listen", listen]
+        cmd += ["--event-loop", loop] if loop != "asyncio" else []
     process = subprocess.Popen(pinned(SERVER_CPU, cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -121,20 +123,32 @@ def write_bodies(path: Path, calls: int) -> int:
 # --- 1. throughput ------------------------------------------------------------------------------
 
 
+def loops(a: argparse.Namespace) -> list[str]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ["asyncio"]
+    return ["asyncio"] if a.exporter_path else ["asyncio", "uvloop"]  # older checkouts lack --event-loop
+
+
 def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
-    results: dict[str, list[float]] = {"bare": [], "exporter": []}
-    for _ in range(a.rounds):
-        for kind in results:  # alternate, so drift of the machine hits both alike
-            port = free_port()
-            with server(kind, port, env=exporter_env(a) if kind == "exporter" else None):
-                wrk(port, min(2, a.seconds), bodies)  # warm-up
-                r = wrk(port, a.seconds, bodies)
-                if r["errors"] or r["non2xx"]:
-                    raise RuntimeError(f"{kind}: {r}")
-                results[kind].append(r["rps"])
-    bare, exporter = max(results["bare"]), max(results["exporter"])
-    return {"bare_rps": results["bare"], "exporter_rps": results["exporter"],
-            "ratio_of_best": exporter / bare, "ratio_of_medians": statistics.median(results["exporter"]) / statistics.median(results["bare"])}
+    out: dict[str, Any] = {}
+    for loop in loops(a):
+        results: dict[str, list[float]] = {"bare": [], "exporter": []}
+        for _ in range(a.rounds):
+            for kind in results:  # alternate, so drift of the machine hits both alike
+                port = free_port()
+                env = exporter_env(a) if kind == "exporter" else None
+                with server(kind, port, env=env, loop=loop):
+                    wrk(port, min(2, a.seconds), bodies)  # warm-up
+                    r = wrk(port, a.seconds, bodies)
+                    if r["errors"] or r["non2xx"]:
+                        raise RuntimeError(f"{kind}: {r}")
+                    results[kind].append(r["rps"])
+        out[loop] = {"bare_rps": results["bare"], "exporter_rps": results["exporter"],
+                     "ratio_of_best": max(results["exporter"]) / max(results["bare"]),
+                     "ratio_of_medians": statistics.median(results["exporter"]) / statistics.median(results["bare"])}
+    return out
 
 
 # --- 2. latency -----------------------------------------------------------------------------------
@@ -300,15 +314,16 @@ def bench_startup(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    import importlib.metadata
+
     import aiohttp
-    import prometheus_client
     import pydantic
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "aiohttp": aiohttp.__version__, "prometheus_client": getattr(prometheus_client, "__version__", "?"),
+            "aiohttp": aiohttp.__version__, "prometheus_client": importlib.metadata.version("prometheus-client"),
             "pydantic": pydantic.__version__, "wrk": wrk_version, "loadavg_at_start": os.getloadavg()}
 
 
@@ -341,7 +356,7 @@ def main() -> None:
             results["throughput"] = bench_throughput(a, bodies)
             print(json.dumps(results["throughput"]), flush=True)
         if "latency" in only:
-            max_rps = max(results["throughput"]["exporter_rps"]) if "throughput" in results else 4000
+            max_rps = max(results["throughput"]["asyncio"]["exporter_rps"]) if "throughput" in results else 4000
             results["latency"] = bench_latency(a, bodies, max_rps)
             print(json.dumps(results["latency"]), flush=True)
     if "render" in only:

@@ -50,7 +50,13 @@ def main() -> None:
         return registry
 
     server.default_registry = registry_with_filler  # create_app calls it for a real process
-    asyncio.run(serve(settings))
+    loop_factory = None
+    if getattr(settings, "event_loop", "asyncio") != "asyncio":  # older checkouts have no --event-loop
+        from exporter.__main__ import _loop_factory
+
+        loop_factory = _loop_factory(settings.event_loop)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -53,6 +54,17 @@ async def serve(settings: Settings) -> None:
             await runner.cleanup()
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.error("--event-loop uvloop: uvloop is not installed (pip install 'mtt-call-exporter[uvloop]')")
+        raise SystemExit(1) from None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     args = sys.argv[1:] if argv is None else argv
@@ -62,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except OSError as error:  # e.g. the port is taken
         log.error("cannot start: %s", error)
         raise SystemExit(1) from None

@@ -42,10 +42,11 @@ class Settings(BaseSettings):
     record_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, description="Rotate the --record file when it would grow past this size.")
     record_keep: int = Field(5, ge=0, description="Rotated --record files kept (FILE.1 is the newest).")
     exemplars: bool = Field(True, description="Attach the call id as an exemplar to duration histograms (OpenMetrics).")
+    event_loop: Literal["asyncio", "uvloop"] = Field("asyncio", description="Event loop; uvloop (pip install 'mtt-call-exporter[uvloop]') is faster.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "event_loop", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

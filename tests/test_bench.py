@@ -20,7 +20,8 @@ def test_bench_smoke(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(out.read_text())
     assert results["smoke"] is True
-    assert results["throughput"]["exporter_rps"][0] > 0 and results["throughput"]["bare_rps"][0] > 0
+    for loop in ("asyncio", "uvloop"):
+        assert results["throughput"][loop]["exporter_rps"][0] > 0 and results["throughput"][loop]["bare_rps"][0] > 0
     assert results["latency"]["scrapes_50k"]["series"] > 40_000
     assert results["latency"]["scrapes_own"]["scrapes"] >= 1
     assert results["render"]["1000"]["series"] >= 900
