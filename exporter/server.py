@@ -91,7 +91,7 @@ def decode(body: bytes, content_type: str) -> Any:
     if content_type != _FORM_TYPE or text.lstrip()[:1] in ("{", "["):
         try:
             return json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also ints beyond the digit limit
             pass
     try:
         return _form(text)
