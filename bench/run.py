@@ -76,14 +76,14 @@ def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
 
 @contextmanager
 def server(kind: str, port: int, filler: int = 0, env: dict[str, str] | None = None,
-           loop: str = "asyncio") -> Iterator[subprocess.Popen]:
+           loop: str = "asyncio", extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
     """`exporter` (bench/serve.py) or `bare` (bench/bare.py) on 127.0.0.1:port, pinned, until ready."""
     listen = f"127.0.0.1:{port}"
     if kind == "bare":
         cmd = [PY, str(BENCH / "bare.py"), listen, loop]
     else:
         cmd = [PY, str(BENCH / "serve.py"), "--filler", str(filler), "--listen", listen]
-        cmd += ["--event-loop", loop] if loop != "asyncio" else []
+        cmd += (["--event-loop", loop] if loop != "asyncio" else []) + list(extra)
     process = subprocess.Popen(pinned(SERVER_CPU, cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -95,6 +95,20 @@ def server(kind: str, port: int, filler: int = 0, env: dict[str, str] | None = N
     finally:
         process.terminate()
         process.wait(10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(process: subprocess.Popen, port: int, seconds: float, bodies: Path, **options: Any) -> dict[str, Any]:
+    """wrk's result plus the server's CPU time per request: what the server costs, whatever else the machine runs."""
+    before = cpu_seconds(process.pid)
+    r = wrk(port, seconds, bodies, **options)
+    r["cpu_us_per_request"] = (cpu_seconds(process.pid) - before) / r["requests"] * 1e6
+    return r
 
 
 def wrk(port: int, seconds: float, bodies: Path, connections: int = 64, delay_ms: float = 0) -> dict[str, float]:
@@ -134,20 +148,71 @@ def loops(a: argparse.Namespace) -> list[str]:
 def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for loop in loops(a):
-        results: dict[str, list[float]] = {"bare": [], "exporter": []}
+        rps: dict[str, list[float]] = {"bare": [], "exporter": []}
+        cpu: dict[str, list[float]] = {"bare": [], "exporter": []}
         for _ in range(a.rounds):
-            for kind in results:  # alternate, so drift of the machine hits both alike
+            for kind in rps:  # alternate, so drift of the machine hits both alike
                 port = free_port()
                 env = exporter_env(a) if kind == "exporter" else None
-                with server(kind, port, env=env, loop=loop):
+                with server(kind, port, env=env, loop=loop) as process:
                     wrk(port, min(2, a.seconds), bodies)  # warm-up
-                    r = wrk(port, a.seconds, bodies)
+                    r = measured(process, port, a.seconds, bodies)
                     if r["errors"] or r["non2xx"]:
                         raise RuntimeError(f"{kind}: {r}")
-                    results[kind].append(r["rps"])
-        out[loop] = {"bare_rps": results["bare"], "exporter_rps": results["exporter"],
-                     "ratio_of_best": max(results["exporter"]) / max(results["bare"]),
-                     "ratio_of_medians": statistics.median(results["exporter"]) / statistics.median(results["bare"])}
+                    rps[kind].append(r["rps"])
+                    cpu[kind].append(r["cpu_us_per_request"])
+        out[loop] = {
+            "bare_rps": rps["bare"], "exporter_rps": rps["exporter"],
+            "bare_cpu_us_per_request": cpu["bare"], "exporter_cpu_us_per_request": cpu["exporter"],
+            "ratio_rps_best": max(rps["exporter"]) / max(rps["bare"]),
+            # a single-threaded server's ceiling is 1 / CPU time per request
+            "ratio_cpu_median": statistics.median(cpu["bare"]) / statistics.median(cpu["exporter"]),
+            "ratio_cpu_best": min(cpu["bare"]) / min(cpu["exporter"]),
+        }
+    return out
+
+
+# --- --record overhead ----------------------------------------------------------------------------
+
+
+def bench_record(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
+    """Recorder cost in-process (per body, longest flush), and ingest throughput with and without --record."""
+    from exporter.record import Recorder
+
+    lines = bodies.read_bytes().splitlines()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        recorder = Recorder(Path(tmp) / "rec.jsonl", max_bytes=64 * 1024 * 1024, keep=2)
+        flushes: list[float] = []
+        flush = recorder.flush
+
+        def timed_flush() -> None:
+            start = time.perf_counter()
+            flush()
+            flushes.append(time.perf_counter() - start)
+
+        recorder.flush = timed_flush  # type: ignore[method-assign]
+        start = time.perf_counter()
+        for i, body in enumerate(lines):
+            recorder.write(1_767_225_600.0 + i / 1000, body, "application/json")
+        recorder.close()
+        out["write_us_per_body"] = (time.perf_counter() - start) / len(lines) * 1e6
+        out["flush_max_ms"] = max(flushes) * 1000 if flushes else 0.0
+        out["flushes"] = len(flushes)
+        rps: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(a.rounds):
+            for mode in rps:
+                port = free_port()
+                extra = ("--record", str(Path(tmp) / f"http-{port}.jsonl")) if mode == "on" else ()
+                with server("exporter", port, env=exporter_env(a), extra=extra) as process:
+                    wrk(port, min(2, a.seconds), bodies)
+                    r = measured(process, port, a.seconds, bodies)
+                    rps[mode].append(r["rps"])
+                    cpu[mode].append(r["cpu_us_per_request"])
+        out["rps_off"], out["rps_on"] = rps["off"], rps["on"]
+        out["cpu_us_per_request_off"], out["cpu_us_per_request_on"] = cpu["off"], cpu["on"]
+        out["cpu_overhead_median"] = statistics.median(cpu["on"]) / statistics.median(cpu["off"]) - 1
     return out
 
 
@@ -182,13 +247,13 @@ def bench_latency(a: argparse.Namespace, bodies: Path, max_rps: float) -> dict[s
     cases = (("no_scrapes", 0, False), ("scrapes_own", 0, True), ("scrapes_50k", 50_000 - 700, True))
     for name, filler, scrapes in cases:
         port = free_port()
-        with server("exporter", port, filler=filler, env=exporter_env(a)):
+        with server("exporter", port, filler=filler, env=exporter_env(a)) as process:
             series = count_series(get(f"http://127.0.0.1:{port}/metrics")[1])
             wrk(port, 1, bodies, connections, delay_ms)  # warm-up
             scraper = Scraper(port) if scrapes else None
             if scraper:
                 scraper.start()
-            r = wrk(port, a.seconds, bodies, connections, delay_ms)
+            r = measured(process, port, a.seconds, bodies, connections=connections, delay_ms=delay_ms)
             if scraper:
                 scraper.stop.set()
                 scraper.join()
@@ -329,7 +394,7 @@ def environment() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="throughput,latency,render,memory,startup")
+    parser.add_argument("--only", default="throughput,latency,record,render,memory,startup")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds; the best is reported")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run of every benchmark, no targets")
@@ -350,15 +415,20 @@ def main() -> None:
     results: dict[str, Any] = {"environment": environment(), "smoke": a.smoke}
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
-        if only & {"throughput", "latency"}:
+        if only & {"throughput", "latency", "record"}:
             results["bodies"] = write_bodies(bodies, body_calls)
         if "throughput" in only:
             results["throughput"] = bench_throughput(a, bodies)
             print(json.dumps(results["throughput"]), flush=True)
         if "latency" in only:
-            max_rps = max(results["throughput"]["asyncio"]["exporter_rps"]) if "throughput" in results else 4000
+            # half of the maximum: from CPU time per request, robust to other load on the machine
+            max_rps = (1e6 / min(results["throughput"]["asyncio"]["exporter_cpu_us_per_request"])
+                       if "throughput" in results else 4000)
             results["latency"] = bench_latency(a, bodies, max_rps)
             print(json.dumps(results["latency"]), flush=True)
+        if "record" in only:
+            results["record"] = bench_record(a, bodies)
+            print(json.dumps(results["record"]), flush=True)
     if "render" in only:
         results["render"] = bench_render(a)
         print(json.dumps(results["render"]), flush=True)

@@ -24,6 +24,7 @@ def test_bench_smoke(tmp_path):
         assert results["throughput"][loop]["exporter_rps"][0] > 0 and results["throughput"][loop]["bare_rps"][0] > 0
     assert results["latency"]["scrapes_50k"]["series"] > 40_000
     assert results["latency"]["scrapes_own"]["scrapes"] >= 1
+    assert results["record"]["rps_on"][0] > 0 and results["record"]["flushes"] >= 1
     assert results["render"]["1000"]["series"] >= 900
     assert results["memory"]["talking_1000"]["calls"] == 1000
     assert results["startup"]["median"] > 0
