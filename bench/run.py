@@ -245,24 +245,34 @@ def bench_latency(a: argparse.Namespace, bodies: Path, max_rps: float) -> dict[s
     delay_ms = connections * 1000 / rate
     out: dict[str, Any] = {"target_rps": rate}
     cases = (("no_scrapes", 0, False), ("scrapes_own", 0, True), ("scrapes_50k", 50_000 - 700, True))
-    for name, filler, scrapes in cases:
-        port = free_port()
-        with server("exporter", port, filler=filler, env=exporter_env(a)) as process:
-            series = count_series(get(f"http://127.0.0.1:{port}/metrics")[1])
-            wrk(port, 1, bodies, connections, delay_ms)  # warm-up
-            scraper = Scraper(port) if scrapes else None
-            if scraper:
-                scraper.start()
-            r = measured(process, port, a.seconds, bodies, connections=connections, delay_ms=delay_ms)
-            if scraper:
-                scraper.stop.set()
-                scraper.join()
-                r["scrapes"] = len(scraper.seconds)
-                r["scrape_p50_s"] = statistics.median(scraper.seconds) if scraper.seconds else None
-                r["scrape_bytes"] = scraper.size
-            r["series"] = series
-            out[name] = r
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in cases}
+    for _ in range(a.latency_rounds):
+        for name, filler, scrapes in cases:
+            runs[name].append(_latency_run(a, bodies, filler, scrapes, connections, delay_ms))
+    for name, results in runs.items():
+        # other load on the machine only adds latency: the least disturbed run is the estimate
+        out[name] = {**min(results, key=lambda r: r["p99_ms"]), "p99_ms_runs": [r["p99_ms"] for r in results]}
     return out
+
+
+def _latency_run(a: argparse.Namespace, bodies: Path, filler: int, scrapes: bool, connections: int,
+                 delay_ms: float) -> dict[str, Any]:
+    port = free_port()
+    with server("exporter", port, filler=filler, env=exporter_env(a)) as process:
+        series = count_series(get(f"http://127.0.0.1:{port}/metrics")[1])
+        wrk(port, 1, bodies, connections, delay_ms)  # warm-up
+        scraper = Scraper(port) if scrapes else None
+        if scraper:
+            scraper.start()
+        r = measured(process, port, a.seconds, bodies, connections=connections, delay_ms=delay_ms)
+        if scraper:
+            scraper.stop.set()
+            scraper.join()
+            r["scrapes"] = len(scraper.seconds)
+            r["scrape_p50_s"] = statistics.median(scraper.seconds) if scraper.seconds else None
+            r["scrape_bytes"] = scraper.size
+        r["series"] = series
+        return r
 
 
 # --- 3. /metrics rendering ------------------------------------------------------------------------
@@ -408,9 +418,11 @@ def main() -> None:
     a.render_series = [1_000, 10_000, 50_000]
     a.memory_calls = [100_000, 500_000]
     a.startup_runs = 5
+    a.latency_rounds = 3
     body_calls = 20_000
     if a.smoke:
         a.rounds, a.seconds, a.render_series, a.memory_calls, a.startup_runs, body_calls = 1, 1, [1_000], [1_000], 1, 50
+        a.latency_rounds = 1
     only = set(a.only.split(","))
     results: dict[str, Any] = {"environment": environment(), "smoke": a.smoke}
     with tempfile.TemporaryDirectory() as tmp:
