@@ -413,8 +413,8 @@ class Board:
         self.panel(
             "timeseries", title, description, targets, unit=unit,
             thresholds=thresholds or steps("green"), w=w, h=h, custom=custom,
-            options={"legend": {"calcs": ["mean", "max"], "displayMode": "table", "placement": "right",
-                                "showLegend": True},
+            options={"legend": {"calcs": ["mean", "max"], "displayMode": "table",
+                                "placement": "right" if w >= 12 else "bottom", "showLegend": True},
                      "tooltip": {"mode": "multi", "sort": "desc"}},
             color={"mode": "palette-classic"}, min=0, **defaults)
 
@@ -542,7 +542,7 @@ def calls_dashboard() -> dict:
              "moment; legend: cause value and name.", [
                  target(f"topk(10, sum by (cause, cause_name) ({rate('mtt_call_hangups_total')}) * 60 > 0)",
                         "{{cause}} {{cause_name}}"),
-             ], unit="cpm", stack=True, h=9)
+             ], unit="cpm", stack=True, h=9, noValue="none")
     b.series("Hangup share by cause class", "Share of hangups per non-normal Q.850 cause class (class = top "
              "3 bits of the cause). Dashed line: the MttHangupCauseClassSpike floor.", [
                  target(f"sum by (cause_class) ({rate('mtt_call_hangups_total', NOT_NORMAL)})\n"
@@ -623,7 +623,7 @@ def exporter_dashboard() -> dict:
     b.series("Refused by reason", "Notifications or requests refused per second, by reason (unauthorized: "
              "wrong token; invalid/unknown_event: a format change at MTT).",
              [target(f"sum by (reason) ({rate('mtt_notifications_rejected_total')}) > 0", "{{reason}}")],
-             unit="cps", stack=True, thresholds=steps("green", (0.000001, "red")))
+             unit="cps", stack=True, thresholds=steps("green", (0.000001, "red")), noValue="none")
     b.series("Duplicates by event", "Notifications already seen for the same call per second (MTT retries; "
              "answered 200, not counted again).",
              [target(f"sum by (event) ({rate('mtt_notifications_duplicate_total')})", "{{event}}")],
