@@ -23,6 +23,7 @@ from . import __version__
 from .correlator import Correlator
 from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
+from .record import Recorder
 from .settings import Settings
 
 log = logging.getLogger("mtt_exporter")
@@ -32,6 +33,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CORRELATOR = web.AppKey("correlator", Correlator)
 CLOCK = web.AppKey("clock", Callable[[], float])
 READY = web.AppKey("ready", asyncio.Event)
+RECORDER = web.AppKey("recorder", Recorder)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -89,7 +91,7 @@ def decode(body: bytes, content_type: str) -> Any:
     if content_type != _FORM_TYPE or text.lstrip()[:1] in ("{", "["):
         try:
             return json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also ints beyond the digit limit
             pass
     try:
         return _form(text)
@@ -119,6 +121,8 @@ async def handle_notify(request: web.Request) -> web.Response:
         metrics.reject(Reason.TOO_LARGE)
         log.info("rejected request", extra={"reason": Reason.TOO_LARGE.value, "peer": peer})
         return _error(413, Reason.TOO_LARGE, f"body larger than {limit} bytes")
+    if RECORDER in app:
+        app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
     try:
         value = decode(body, request.content_type)
@@ -240,6 +244,8 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 tick(app, app[CLOCK]())
+                if RECORDER in app:
+                    app[RECORDER].flush()
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("expiry tick failed")
 
@@ -249,6 +255,8 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if RECORDER in app:
+        app[RECORDER].close()
 
 
 def default_registry() -> CollectorRegistry:
@@ -278,6 +286,8 @@ def create_app(
     metrics.track(correlator.__len__)
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
     app[READY] = asyncio.Event()
+    if settings.record is not None:
+        app[RECORDER] = Recorder(settings.record, settings.record_max_bytes, settings.record_keep)
     app.router.add_post("/notify", handle_notify)
     app.router.add_post("/notify/{token}", handle_notify)
     if settings.metrics_listen is None:

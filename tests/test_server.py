@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.log import TextFormatter
 from exporter.server import METRICS, READY, create_metrics_app, decode, tick
-from exporter.settings import Settings
 
 
 def logged(caplog) -> str:
@@ -77,6 +76,8 @@ async def test_batch_with_bad_items_records_the_good_ones(make_client, seed_call
         pytest.param(b"42", {}, 400, "malformed", id="JSON number"),
         pytest.param(b'"text"', {}, 400, "malformed", id="JSON string"),
         pytest.param(b"[]", {}, 400, "invalid", id="empty batch"),
+        pytest.param(b'{"h323_conf_id": 1' + b"1" * 5000 + b"}", {}, 400, "malformed", id="int beyond digit limit"),
+        pytest.param(b"[" * 100000, {}, 400, "malformed", id="deep nesting"),
         pytest.param(b"{}", {}, 400, "invalid", id="empty object"),
         pytest.param(b'{"h323_conf_id":"X","data":"event=zz_1_2019-05-23-15-15-19"}', {}, 400, "unknown_event", id="unknown event"),
         pytest.param(b"[" + b"{}," * 1000 + b"{}]", {}, 413, "too_many_items", id="batch too long"),
@@ -212,10 +213,3 @@ async def test_tick_ends_unanswered_call_after_grace(make_client, clock):
     assert value(app, "mtt_call_legs_total", outcome="busy") == 1
     assert value(app, "mtt_calls_total", outcome="unanswered") == 1
     assert value(app, "mtt_ring_duration_seconds_sum", outcome="unanswered") == 5
-
-
-def test_settings_env(monkeypatch):
-    monkeypatch.setenv("MTT_EXPORTER_CALL_TTL", "60")
-    monkeypatch.setenv("MTT_EXPORTER_LOG_FORMAT", "JSON")
-    settings = Settings(_cli_parse_args=["--max-calls", "10"])  # type: ignore[call-arg]
-    assert (settings.call_ttl, settings.log_format, settings.max_calls) == (60, "json", 10)
