@@ -1,12 +1,11 @@
 """Crafted MTT traffic for the Prometheus integration test (tests/test_prometheus.py).
 
-Scope: a stand-in until `exporter.simulate` (the traffic simulator) lands. `calls()` returns
-a Workload shaped like the simulator's (`deliveries` to POST in order, `truth` to compare
-with), covering every event, side, cause class, leg outcome and call outcome at least once;
-switching means replacing its body by `generate(SimConfig(...))` and keeping `truth` for
-the outcomes the test checks. `faults()` is what a simulator of calls does not send:
-disagreeing fields, refused requests, calls left open for the TTL and the capacity cap
-(duplicates are made by resending deliveries).
+Scope: what the simulator (`exporter.simulate`, sent alongside) does not guarantee. `calls()`
+covers every event, side, cause class, leg outcome and call outcome at least once, whatever
+the simulator's random mix (it never sends causes of the service_unavailable, not_implemented
+or invalid_message classes); `faults()` adds disagreeing fields, refused requests, and calls
+left open for the TTL and the capacity cap (duplicates are made by resending a delivery).
+Both return their expected leg and call outcomes, like the simulator's truth.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ SIP_ID = "79586488002"
 
 @dataclass
 class Workload:
-    """JSON bodies to POST to /notify in order, and the totals they must produce."""
+    """JSON bodies to POST to /notify in order, and the leg and call outcomes they must produce."""
 
     deliveries: list[Any] = field(default_factory=list)
     truth: dict[str, Counter] = field(default_factory=lambda: {"legs": Counter(), "calls": Counter()})

@@ -8,6 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from exporter import simulate
+
 from .grafana import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -69,9 +71,10 @@ def test_grafana_provisions_the_datasource_and_the_dashboards(tmp_path):
     assert (root / home.lstrip("/")).is_file()
 
 
-def test_simulator_feeds_the_exporter():
+def test_simulator_feeds_the_exporter_in_real_time():
     command = SERVICES["simulator"]["command"]
     assert command[0] == "simulate"
-    url = command[command.index("--url") + 1]
-    assert url == "http://exporter:9888/notify" and "exporter" in SERVICES
+    args = simulate._parser().parse_args(command[1:])  # the flags exist and parse
+    assert args.url == "http://exporter:9888/notify" and "exporter" in SERVICES
+    assert args.speed == 1 and args.duration > 0
     assert SERVICES["simulator"]["depends_on"]["exporter"]["condition"] == "service_healthy"
