@@ -50,9 +50,9 @@ class Threshold:
 #: Change a number here, run `make dashboards`, commit: alerts, dashboards and docs follow.
 THRESHOLDS: dict[str, Threshold] = {
     "cause_share_min": Threshold(
-        0.10, "share of hangups a failure cause (or a non-normal cause class) must exceed", percent=True),
+        0.10, "floor: share of hangups a failure cause (or a non-normal cause class) must exceed", percent=True),
     "cause_spike_factor": Threshold(
-        3, "...and at least this many times its average share over the last day"),
+        3, "spike: that share must also exceed this many times its average over the last day"),
     "cause_min_hangups_5m": Threshold(
         20, "traffic guard: hangups in the last 5 minutes"),
     "asr_min": Threshold(0.30, "ASR (per leg) over 5 minutes below this", percent=True),
@@ -347,8 +347,8 @@ def steps(base: str, *above: tuple[float, str]) -> dict:
             + [{"color": color, "value": value} for value, color in above]}
 
 
-#: ratio thresholds: red below `low`, orange below `ok`, green above
 def ratio_steps(low: float, ok: float) -> dict:
+    """Ratio thresholds: red below `low`, orange below `ok`, green above."""
     return steps("red", (low, "orange"), (ok, "green"))
 
 
