@@ -179,7 +179,7 @@ def feed(s: Stack) -> None:
     assert s.post(faults.conflicting) == 200
     for body, with_token in faults.refused:
         assert s.post(body, with_token) in (400, 401)
-    # every crafted call decided (grace), so only the open calls below are in progress
+    # every call decided (grace period), so only the open calls below will be in progress
     wait_for("calls decided", lambda: "mtt_calls_in_progress 0.0" in s.exposition())
     assert s.post(faults.open_calls) == 200
     capped = OPEN_CALLS - MAX_CALLS  # nothing else is in progress: the oldest open calls go
@@ -190,7 +190,7 @@ def feed(s: Stack) -> None:
         and s.value(f'job:mtt_calls_answered:ratio_rate5m{{job="{JOB}"}}') != {}))
 
 
-def test_exporter_counted_the_crafted_traffic(stack):
+def test_exporter_counted_the_traffic(stack):
     legs = stack.value(f'sum by (outcome) (mtt_call_legs_total{{job="{JOB}"}}) > 0')
     calls = stack.value(f'sum by (outcome) (mtt_calls_total{{job="{JOB}"}}) > 0')
     assert Counter(legs) == stack.truth["legs"] and Counter(calls) == stack.truth["calls"]
