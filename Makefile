@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps lint clean golden bench
+.PHONY: run test system-deps lint clean golden dashboards bench
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -16,8 +16,12 @@ test: $(VENV)/.test-installed system-deps
 golden: $(VENV)/.test-installed
 	$(PY) -m pytest tests/test_golden.py --update-golden
 
+# Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table (stdlib only).
+dashboards:
+	$(PYTHON) dashboards/generate.py
+
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
-bench: $(VENV)/.installed system-deps
+bench: $(VENV)/.test-installed system-deps
 	$(PY) bench/run.py $(ARGS)
 
 # promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
