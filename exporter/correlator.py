@@ -17,6 +17,7 @@ Rules, per call (keyed by the normalised h323_conf_id):
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from array import array
 from collections import OrderedDict
@@ -141,9 +142,14 @@ _PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
 
 
 def dedup_key(n: Notification) -> int:
-    """64-bit key of event, side, number and event time (to the millisecond), within this process."""
+    """64-bit key of event, side, number and event time (to the millisecond).
+
+    Stable across processes (not `hash()`, which is salted per process): keys survive a
+    restart through the state file and are compared between replicas sharing Redis.
+    """
     number = n.number_a if n.side is Side.A and n.event in _PREMEDIA else n.redirect_number
-    return hash((n.event, n.side, number, round(n.time, 3)))
+    raw = f"{n.event.code}|{n.side.value}|{number}|{n.time:.3f}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 def _span(start: float, end: float) -> float:
