@@ -32,8 +32,8 @@ from exporter.replay import post_all  # noqa: E402
 from exporter.simulate import EXPECTED_STATUS, SimConfig, Simulation, diff  # noqa: E402
 from tests.process import Exporter, combined  # noqa: E402
 
-#: Deliveries per simulated call with the faults below (measured: 13,065 for 1,800 calls).
-DELIVERIES_PER_CALL = 7.26
+#: Deliveries per simulated call with the faults below (measured: 7.25), a little low so at least --notifications are sent.
+DELIVERIES_PER_CALL = 7.2
 
 
 def rss_mb(pid: int) -> float:

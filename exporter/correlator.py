@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -118,9 +119,10 @@ Fact = Duration | LegEnded | CallStarted | CallRestored | CallEnded | Evicted
 class Leg:
     """Event times of one forwarding leg (None: not seen yet)."""
 
-    __slots__ = ("o", "s", "t", "h", "cause", "side", "done")
+    __slots__ = ("number", "o", "s", "t", "h", "cause", "side", "done")
 
-    def __init__(self) -> None:
+    def __init__(self, number: str) -> None:
+        self.number = number
         self.o: float | None = None
         self.s: float | None = None
         self.t: float | None = None
@@ -131,16 +133,21 @@ class Leg:
 
 
 class Call:
-    """State of one call: its legs, unpaired premedia, and what was seen for dedup."""
+    """State of one call: its legs, unpaired premedia, and what was seen for dedup.
+
+    Kept compact, since up to --max-calls of them live for hours: legs in a list (a call has
+    a few, found by number), dedup keys as machine integers, premedia None when all paired.
+    """
 
     __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended")
 
     def __init__(self, now: float) -> None:
-        self.legs: dict[str, Leg] = {}
+        #: one per redirect number (a number tried again replaces its ended leg)
+        self.legs: list[Leg] = []
         #: (side, number) -> [sp time, ep time], while one end is missing
         self.premedia: dict[tuple[str, str], list[float | None]] | None = None
         #: 64-bit keys of the notifications applied, for duplicate detection
-        self.seen: list[int] = []
+        self.seen = array("q")
         self.last_seen = now
         #: receipt time after which pending decisions (unanswered legs, call end) are made
         self.deadline: float | None = None
@@ -148,30 +155,39 @@ class Call:
         self.ended = False
 
 
+_PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
+
+
 def dedup_key(n: Notification) -> int:
-    """Stable 64-bit key of (call-relative) event, side, number and event time."""
-    number = n.number_a if n.side is Side.A and n.event.code in ("sp", "ep") else n.redirect_number
-    raw = f"{n.event.code}|{n.side}|{number}|{n.time:.3f}".encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    """64-bit key of event, side, number and event time (to the millisecond).
+
+    Stable across processes (not `hash()`, which is salted per process): keys survive a
+    restart through the state file and are compared between replicas sharing Redis.
+    """
+    number = n.number_a if n.side is Side.A and n.event in _PREMEDIA else n.redirect_number
+    raw = f"{n.event.code}|{n.side.value}|{number}|{n.time:.3f}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 def _span(start: float, end: float) -> float:
     return end - start if end > start else 0.0
 
 
-def _leg_for(call: Call, n: Notification) -> tuple[str, Leg | None]:
+def _leg_for(call: Call, n: Notification) -> Leg | None:
     number = n.redirect_number
     if not number and n.event is not EventType.ORIGINATE:
         # no number given: the only leg still open is the one meant
-        open_legs = [key for key, leg in call.legs.items() if leg.h is None]
+        open_legs = [leg for leg in call.legs if leg.h is None]
         if len(open_legs) == 1:
-            number = open_legs[0]
-        elif n.event is EventType.HANGUP:
-            return number, None  # e.g. the caller hung up during premedia: no leg to end
-    leg = call.legs.get(number)
-    if leg is None:
-        leg = call.legs[number] = Leg()
-    return number, leg
+            return open_legs[0]
+        if n.event is EventType.HANGUP:
+            return None  # e.g. the caller hung up during premedia: no leg to end
+    for leg in call.legs:
+        if leg.number == number:
+            return leg
+    leg = Leg(number)
+    call.legs.append(leg)
+    return leg
 
 
 def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
@@ -185,6 +201,8 @@ def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
     if start is not None and end is not None:
         facts.append(Duration(Phase.PREMEDIA, _span(start, end), n.side.value, n.conf_id))
         del call.premedia[key]
+        if not call.premedia:
+            call.premedia = None
 
 
 def _end_leg(leg: Leg, conf_id: str, facts: list[Fact]) -> None:
@@ -203,11 +221,12 @@ def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, 
     Raises PayloadError (too_many_items) when the call already took its maximum.
     """
     key = dedup_key(n)
-    if key not in call.seen and len(call.seen) >= MAX_NOTIFICATIONS_PER_CALL:
+    if key in call.seen:
+        call.last_seen = now
+        return True, []
+    if len(call.seen) >= MAX_NOTIFICATIONS_PER_CALL:  # refused: keeps nothing alive either
         raise PayloadError(Reason.TOO_MANY_ITEMS, f"call has more than {MAX_NOTIFICATIONS_PER_CALL} notifications")
     call.last_seen = now
-    if key in call.seen:
-        return True, []
     call.seen.append(key)
     facts: list[Fact] = []
     event = n.event
@@ -215,7 +234,7 @@ def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, 
         _premedia(call, n, facts)
         return False, facts
 
-    number, leg = _leg_for(call, n)
+    leg = _leg_for(call, n)
     if leg is None:  # a hangup that names no leg: only the call-level facts
         call.a_hangup = call.a_hangup or n.side is Side.A
         call.deadline = now + grace
@@ -224,7 +243,7 @@ def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, 
             # the same number tried again: a new leg
             if not leg.done:
                 _end_leg(leg, n.conf_id, facts)
-            leg = call.legs[number] = Leg()
+            call.legs[call.legs.index(leg)] = leg = Leg(leg.number)
         if leg.o is None:
             leg.o = n.time
             if leg.s is not None:
@@ -261,12 +280,12 @@ def settle(call: Call, conf_id: str, now: float, facts: list[Fact]) -> None:
     """Make the decisions that are due: unanswered legs past grace, and the call's end."""
     due = call.deadline is not None and now >= call.deadline
     if due:
-        for leg in call.legs.values():
+        for leg in call.legs:
             if leg.h is not None and not leg.done:
                 _end_leg(leg, conf_id, facts)
     if call.ended:
         return
-    legs = call.legs.values()
+    legs = call.legs
     if any(leg.s is not None for leg in legs):
         if call.a_hangup or any(leg.s is not None and leg.h is not None for leg in legs):
             _end_call(call, CallOutcome.ANSWERED, facts)
@@ -282,7 +301,7 @@ def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact]) -> None:
 
 def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact]) -> None:
     """Facts for a call leaving memory: pending legs decided, open legs and call expired."""
-    for leg in call.legs.values():
+    for leg in call.legs:
         if not leg.done:
             if leg.h is not None:
                 _end_leg(leg, conf_id, facts)
@@ -363,16 +382,14 @@ class StateError(ValueError):
 def call_to_dict(call: Call) -> dict:
     """One call as compact JSON-able data; defaults (None, False, empty) are left out.
 
-    `legs` maps the redirect number to [o, s, t, h, cause, side, done]; `premedia` lists
-    [side, number, sp, ep]; `seen` holds the 64-bit dedup keys. Times are Unix seconds:
-    event times for the legs and premedia, receipt (wall-clock) for last_seen and deadline.
+    `legs` lists [redirect number, o, s, t, h, cause, side, done]; `premedia` lists
+    [side, number, sp, ep]; `seen` holds the signed 64-bit dedup keys. Times are Unix
+    seconds: event times for the legs and premedia, receipt (wall-clock) for last_seen and
+    deadline.
     """
     data: dict = {
-        "legs": {
-            number: [leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done]
-            for number, leg in call.legs.items()
-        },
-        "seen": list(call.seen),
+        "legs": [[leg.number, leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done] for leg in call.legs],
+        "seen": call.seen.tolist(),
         "last_seen": call.last_seen,
     }
     if call.premedia:
@@ -412,10 +429,10 @@ def _text(value: object) -> str:
 
 
 def _leg_from_list(values: object) -> Leg:
-    if not isinstance(values, list) or len(values) != 7:
-        raise StateError("leg: expected a list of 7")
-    o, s, t, h, cause, side, done = values
-    leg = Leg()
+    if not isinstance(values, list) or len(values) != 8:
+        raise StateError("leg: expected a list of 8")
+    number, o, s, t, h, cause, side, done = values
+    leg = Leg(_text(number))
     leg.o, leg.s, leg.t, leg.h = (_optional_time(v) for v in (o, s, t, h))
     if cause is not None and (isinstance(cause, bool) or not isinstance(cause, int) or not 0 <= cause <= CAUSE_MAX):
         raise StateError("leg: cause must be null or 0..127")
@@ -430,16 +447,14 @@ def _leg_from_list(values: object) -> Leg:
 
 def call_from_dict(data: object) -> Call:
     """The inverse of `call_to_dict`; raises StateError on anything it would not produce."""
-    if not isinstance(data, dict) or not isinstance(data.get("legs"), dict) or not isinstance(data.get("seen"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("legs"), list) or not isinstance(data.get("seen"), list):
         raise StateError("call: expected an object with legs and seen")
     call = Call(_time(data.get("last_seen")))
-    call.legs = {_text(number): _leg_from_list(leg) for number, leg in data["legs"].items()}
+    call.legs = [_leg_from_list(leg) for leg in data["legs"]]
     seen = data["seen"]
-    if len(seen) > MAX_NOTIFICATIONS_PER_CALL or not all(
-        type(key) is int and 0 <= key < 2**64 for key in seen
-    ):
-        raise StateError("call: seen must be at most MAX_NOTIFICATIONS_PER_CALL 64-bit keys")
-    call.seen = list(seen)
+    if len(seen) > MAX_NOTIFICATIONS_PER_CALL or not all(type(key) is int and -(2**63) <= key < 2**63 for key in seen):
+        raise StateError("call: seen must be at most MAX_NOTIFICATIONS_PER_CALL signed 64-bit keys")
+    call.seen = array("q", seen)
     premedia = data.get("premedia", [])
     if not isinstance(premedia, list):
         raise StateError("call: premedia must be a list")

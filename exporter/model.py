@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from .cause import CAUSE_MAX
@@ -143,6 +143,55 @@ class RawNotification(BaseModel):
         return value
 
 
+class _Event(NamedTuple):
+    type: str | None
+    side: str | None
+    cause: _Scalar
+
+
+class _Fields(NamedTuple):
+    """What RawNotification.model_validate gives, for payloads whose fields have plain JSON types."""
+
+    date_time: int | float | str | None
+    data: str | None
+    event: _Event | None
+    cause: _Scalar
+    redirect_number: _Scalar
+    sip_id: _Scalar
+    numberA: _Scalar
+    h323_conf_id: _Scalar
+
+
+_SCALAR_TYPES = (str, int, float)
+_SCALAR_FIELDS = ("date_time", "cause", "redirect_number", "sip_id", "numberA", "h323_conf_id", "client_id", "extension")
+
+
+def _plain_fields(cleaned: dict[Any, Any]) -> _Fields | None:
+    """The fast path of validation: the same values as the pydantic model when every field has
+    the exact type the model keeps unchanged; None to let the model validate (and explain) the rest."""
+    get = cleaned.get
+    for name in _SCALAR_FIELDS:
+        value = get(name)
+        if value is not None and type(value) not in _SCALAR_TYPES:
+            return None
+    data = get("data")
+    if data is not None and type(data) is not str:
+        return None
+    event = get("event")
+    if event is not None:
+        if type(event) is not dict:
+            return None
+        fields: dict[Any, Any] = {k.strip() if isinstance(k, str) else k: v for k, v in event.items()}
+        kind, side, cause = fields.get("type"), fields.get("side"), fields.get("cause")
+        if (kind is not None and type(kind) is not str) or (side is not None and type(side) is not str) or (
+            cause is not None and type(cause) not in _SCALAR_TYPES
+        ):
+            return None
+        event = _Event(kind, side, cause)
+    return _Fields(get("date_time"), data, event, get("cause"), get("redirect_number"), get("sip_id"),
+                   get("numberA"), get("h323_conf_id"))
+
+
 _DATA = re.compile(
     r"^\s*event=(?P<code>[A-Za-z]*)_(?P<number>[^_&]*)_"
     r"(?P<ts>\d{4}-\d{1,2}-\d{1,2}-\d{1,2}-\d{1,2}-\d{1,2})"
@@ -151,11 +200,22 @@ _DATA = re.compile(
 _NON_DIGITS = re.compile(r"[\s\-()]")
 
 
-@lru_cache(maxsize=4096)
+#: Since 1992 every change of Moscow's UTC offset fell on a whole hour of local time.
+_WHOLE_HOUR_CHANGES_SINCE = 1992
+
+
 def moscow_to_unix(stamp: str) -> float:
     """`YYYY-MM-DD-HH-MM-SS` Moscow wall-clock time -> Unix seconds."""
     y, mo, d, h, mi, s = (int(part) for part in stamp.split("-"))
-    return datetime(y, mo, d, h, mi, s, tzinfo=MOSCOW).timestamp()
+    if y < _WHOLE_HOUR_CHANGES_SINCE or not (0 <= mi <= 59 and 0 <= s <= 59):
+        return datetime(y, mo, d, h, mi, s, tzinfo=MOSCOW).timestamp()
+    return _moscow_hour(y, mo, d, h) + mi * 60 + s
+
+
+@lru_cache(maxsize=4096)
+def _moscow_hour(y: int, mo: int, d: int, h: int) -> float:
+    # the offset is constant within an hour: one zoneinfo look-up per hour, not per second
+    return datetime(y, mo, d, h, tzinfo=MOSCOW).timestamp()
 
 
 def normalise_conf_id(value: object) -> str:
@@ -165,7 +225,9 @@ def normalise_conf_id(value: object) -> str:
 
 def normalise_number(value: object) -> str:
     """Russian numbers in +7/8/7 + 10 digits or bare 10 digits -> 7 + 10 digits."""
-    raw = _NON_DIGITS.sub("", str(value))
+    raw = str(value)
+    if not raw.isdigit():  # digits only (the usual case): nothing to remove
+        raw = _NON_DIGITS.sub("", raw)
     digits = raw[1:] if raw.startswith("+") else raw
     if digits.isdigit():
         if len(digits) == 11 and digits[0] in "78":
@@ -225,10 +287,12 @@ def parse(item: object) -> Notification:
         raise PayloadError(Reason.MALFORMED, f"expected a JSON object, got {type(item).__name__}")
     # keys may carry stray whitespace: "client_id "
     cleaned = {k.strip() if isinstance(k, str) else k: v for k, v in item.items()}
-    try:
-        raw = RawNotification.model_validate(cleaned)
-    except ValidationError as error:
-        raise PayloadError(Reason.INVALID, _validation_message(error)) from None
+    raw: _Fields | RawNotification | None = _plain_fields(cleaned)
+    if raw is None:
+        try:
+            raw = RawNotification.model_validate(cleaned)
+        except ValidationError as error:
+            raise PayloadError(Reason.INVALID, _validation_message(error)) from None
 
     conflicts: list[Conflict] = []
     data_code = data_number = data_cause = None

@@ -17,9 +17,14 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 
 log = logging.getLogger("mtt_exporter")
+
+
+def _json_string(text: str) -> bytes:
+    return encode_basestring(text).encode()  # text decoded from UTF-8: no lone surrogates
+
 
 #: Buffered bytes that trigger a write.
 RECORD_FLUSH_BYTES = 256 * 1024
@@ -44,12 +49,14 @@ class Recorder:
 
     def write(self, time: float, body: bytes, content_type: str) -> None:
         """Queue one body received at `time`."""
-        line: dict[str, Any] = {"time": round(time, 6), "content_type": content_type}
         try:
-            line["body"] = body.decode("utf-8")
+            field, value = b"body", _json_string(body.decode("utf-8"))
         except UnicodeDecodeError:
-            line["body_b64"] = base64.b64encode(body).decode("ascii")
-        data = json.dumps(line, ensure_ascii=False).encode() + b"\n"
+            field, value = b"body_b64", b'"' + base64.b64encode(body) + b'"'
+        # one JSON object formatted directly, cheaper than json.dumps of a dict; the header as
+        # ASCII escapes, since aiohttp keeps undecodable header bytes as surrogates
+        data = b'{"time": %.6f, "content_type": %s, "%s": %s}\n' % (
+            time, encode_basestring_ascii(content_type).encode(), field, value)
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered >= RECORD_FLUSH_BYTES:

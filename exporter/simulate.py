@@ -719,8 +719,12 @@ async def _run(config: SimConfig, args: argparse.Namespace, console: Console) ->
         return 1 if failures else 0
     with console.status(f"waiting {args.wait:g} s for the exporter's grace period"):
         await asyncio.sleep(args.wait)
-    for attempt in range(4):  # a tick may still be due: retry briefly before reporting
-        problems = diff(truth, await scrape(metrics_url), baseline)
+    for _ in range(4):  # a tick may still be due: retry briefly before reporting
+        try:
+            problems = diff(truth, await scrape(metrics_url), baseline)
+        except Exception as error:  # noqa: BLE001 - the exporter went away during the run
+            console.print(f"mtt-exporter simulate: cannot scrape {metrics_url}: {error}")
+            return 2
         if not problems:
             break
         await asyncio.sleep(1)

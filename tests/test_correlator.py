@@ -230,3 +230,23 @@ def test_lifecycle_uses_receipt_time_not_event_time():
 
 def test_phase_labels_are_closed():
     assert {p.value for p in Phase} == {"premedia", "ring", "answered", "talk"}
+
+
+def test_dedup_key_is_stable_across_processes():
+    # the state file and the replicas sharing Redis compare keys made by other processes
+    import subprocess
+    import sys
+
+    from exporter.correlator import dedup_key
+
+    code = (
+        "from exporter.correlator import dedup_key; from exporter.model import EventType, Notification, Side;"
+        "print(dedup_key(Notification('C1', EventType.HANGUP, 1558613719.0, Side.B, '79684881033', 16)))"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={"PYTHONHASHSEED": seed}).stdout.strip()
+        for seed in ("1", "2")
+    }
+    local = dedup_key(Notification("C1", EVENT_BY_CODE["h"], 1558613719.0, Side.B, "79684881033", 16))
+    assert outputs == {str(local)}

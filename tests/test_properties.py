@@ -217,8 +217,8 @@ def correlate(deliveries: list[Notification], restart_at: int | None = None) -> 
     class CountedLeg(Leg):
         __slots__ = ()
 
-        def __init__(self) -> None:
-            super().__init__()
+        def __init__(self, number: str) -> None:
+            super().__init__(number)
             legs.append(self)
 
     correlator = Correlator(ttl=TTL, max_calls=1000, grace=GRACE)

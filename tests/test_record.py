@@ -58,3 +58,11 @@ async def test_write_error_loses_the_recording_not_the_notification(make_client,
     assert "cannot write --record file" in caplog.text
 
 
+
+
+def test_undecodable_content_type_is_escaped(tmp_path):
+    # aiohttp keeps header bytes that are not UTF-8 as surrogates; the line must still be written
+    recorder = Recorder(tmp_path / "rec.jsonl", max_bytes=4096, keep=1)
+    recorder.write(1.5, b"{}", "text/\udcff")
+    recorder.close()
+    assert list(read_records([tmp_path / "rec.jsonl"])) == [(1.5, b"{}", "text/\udcff")]

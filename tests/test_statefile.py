@@ -61,9 +61,9 @@ def test_call_round_trip_keeps_every_field():
     assert json.loads(json.dumps(data)) == data
     back = call_from_dict(data)
     assert call_to_dict(back) == data
-    assert back.premedia == call.premedia and back.seen == call.seen and back.a_hangup and back.deadline == NOW + 4 + 15
-    assert [(leg.o, leg.h, leg.cause, leg.side, leg.done) for leg in back.legs.values()] == [
-        (leg.o, leg.h, leg.cause, leg.side, leg.done) for leg in call.legs.values()]
+    assert back.premedia == call.premedia and back.seen == call.seen and back.seen.typecode == "q" and back.a_hangup and back.deadline == NOW + 4 + 15
+    assert [(leg.number, leg.o, leg.h, leg.cause, leg.side, leg.done) for leg in back.legs] == [
+        (leg.number, leg.o, leg.h, leg.cause, leg.side, leg.done) for leg in call.legs]
 
 
 def test_restored_deadlines_and_ttl_still_fire():
@@ -93,19 +93,22 @@ DAMAGED = {
     "calls not a list": {"format": "mtt-exporter-state", "version": STATE_VERSION, "calls": {}},
     "entry not a pair": {"format": "mtt-exporter-state", "version": STATE_VERSION, "calls": [["C1"]]},
     "call without legs": {"legs": None, "seen": [], "last_seen": 1},
-    "last_seen missing": {"legs": {}, "seen": []},
-    "last_seen not finite": {"legs": {}, "seen": [], "last_seen": float("nan")},
-    "leg too short": {"legs": {"7900": [1, None, None]}, "seen": [], "last_seen": 1},
-    "leg time a string": {"legs": {"7900": ["1", None, None, None, None, "B", False]}, "seen": [], "last_seen": 1},
-    "leg cause out of range": {"legs": {"7900": [1, None, None, 2, 128, "B", False]}, "seen": [], "last_seen": 1},
-    "leg side unknown": {"legs": {"7900": [1, None, None, 2, 16, "C", False]}, "seen": [], "last_seen": 1},
-    "leg done not a bool": {"legs": {"7900": [1, None, None, 2, 16, "B", 0]}, "seen": [], "last_seen": 1},
-    "seen key too big": {"legs": {}, "seen": [2**64], "last_seen": 1},
-    "seen key a bool": {"legs": {}, "seen": [True], "last_seen": 1},
-    "too many seen keys": {"legs": {}, "seen": list(range(MAX_NOTIFICATIONS_PER_CALL + 1)), "last_seen": 1},
-    "premedia side unhashable": {"legs": {}, "seen": [], "last_seen": 1, "premedia": [[["A"], "7900", 1, None]]},
-    "premedia number not text": {"legs": {}, "seen": [], "last_seen": 1, "premedia": [["A", 7900, 1, None]]},
-    "ended not a bool": {"legs": {}, "seen": [], "last_seen": 1, "ended": "yes"},
+    "legs of the old format": {"legs": {"7900": [1, None, None, 2, 16, "B", False]}, "seen": [], "last_seen": 1},
+    "last_seen missing": {"legs": [], "seen": []},
+    "last_seen not finite": {"legs": [], "seen": [], "last_seen": float("nan")},
+    "leg too short": {"legs": [["7900", 1, None, None]], "seen": [], "last_seen": 1},
+    "leg number not text": {"legs": [[7900, 1, None, None, 2, 16, "B", False]], "seen": [], "last_seen": 1},
+    "leg time a string": {"legs": [["7900", "1", None, None, None, None, "B", False]], "seen": [], "last_seen": 1},
+    "leg cause out of range": {"legs": [["7900", 1, None, None, 2, 128, "B", False]], "seen": [], "last_seen": 1},
+    "leg side unknown": {"legs": [["7900", 1, None, None, 2, 16, "C", False]], "seen": [], "last_seen": 1},
+    "leg done not a bool": {"legs": [["7900", 1, None, None, 2, 16, "B", 0]], "seen": [], "last_seen": 1},
+    "seen key too big": {"legs": [], "seen": [2**63], "last_seen": 1},
+    "seen key too small": {"legs": [], "seen": [-(2**63) - 1], "last_seen": 1},
+    "seen key a bool": {"legs": [], "seen": [True], "last_seen": 1},
+    "too many seen keys": {"legs": [], "seen": list(range(MAX_NOTIFICATIONS_PER_CALL + 1)), "last_seen": 1},
+    "premedia side unhashable": {"legs": [], "seen": [], "last_seen": 1, "premedia": [[["A"], "7900", 1, None]]},
+    "premedia number not text": {"legs": [], "seen": [], "last_seen": 1, "premedia": [["A", 7900, 1, None]]},
+    "ended not a bool": {"legs": [], "seen": [], "last_seen": 1, "ended": "yes"},
 }
 
 
@@ -187,7 +190,7 @@ def _flipped(path):
         pytest.param(lambda p: p.write_bytes(b"\xff\xfe garbage"), id="binary"),
         pytest.param(lambda p: p.write_text("[" * 100_000), id="deeply nested"),
         pytest.param(_flipped, id="other version"),
-        pytest.param(lambda p: p.write_text('{"format":"mtt-exporter-state","version":1,"calls":[["C1",{"legs":{}}]]}'), id="damaged call"),
+        pytest.param(lambda p: p.write_text('{"format":"mtt-exporter-state","version":1,"calls":[["C1",{"legs":[]}]]}'), id="damaged call"),
     ],
 )
 def test_unusable_file_is_set_aside_and_start_is_empty(tmp_path, caplog, damage):

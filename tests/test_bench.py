@@ -1,0 +1,30 @@
+"""A seconds-long run of bench/run.py, so the benchmarks keep working (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import need_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke(tmp_path):
+    need_binary("wrk")
+    out = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(out.read_text())
+    assert results["smoke"] is True
+    for loop in ("asyncio", "uvloop"):
+        assert results["throughput"][loop]["exporter_rps"][0] > 0 and results["throughput"][loop]["bare_rps"][0] > 0
+    assert results["latency"]["scrapes_50k"]["series"] > 40_000
+    assert results["latency"]["scrapes_own"]["scrapes"] >= 1
+    assert results["record"]["rps_on"][0] > 0 and results["record"]["flushes"] >= 1
+    assert results["render"]["1000"]["series"] >= 900
+    assert results["memory"]["talking_1000"]["calls"] == 1000
+    assert results["startup"]["median"] > 0
