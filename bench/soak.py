@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 scrapes.append(exporter.metrics())
                 t1 = time.monotonic()
                 assert exporter.stop() == 0, exporter.log()
+                info["state_file_bytes"] = (workdir / "state.json").stat().st_size  # removed once loaded
                 exporter = Exporter(workdir, *exporter_args).start()
                 info["restart_seconds"] = round(time.monotonic() - t1, 2)
-                info["state_file_bytes"] = (workdir / "state.json").stat().st_size
                 info["restored_in_progress"] = value(exporter.metrics(), "mtt_calls_in_progress")
             parts.append(info)
             print(f"part {index}: {info}", file=sys.stderr)

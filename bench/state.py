@@ -53,11 +53,12 @@ def measure(calls: int) -> dict:
     t1 = time.perf_counter()
     state.write(snapshot)
     t2 = time.perf_counter()
+    size = path.stat().st_size
     loaded = Correlator(max_calls=calls + 1)
     StateFile(path, loaded).load()
     t3 = time.perf_counter()
     assert len(loaded) == len(correlator)
-    return {"calls": len(correlator), "in_progress": correlator.in_progress(), "bytes": path.stat().st_size,
+    return {"calls": len(correlator), "in_progress": correlator.in_progress(), "bytes": size,
             "snapshot_s": round(t1 - t0, 2), "write_s": round(t2 - t1, 2), "load_s": round(t3 - t2, 2)}
 
 

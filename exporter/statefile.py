@@ -72,7 +72,11 @@ class StateFile:
         self._written = 0
 
     def load(self) -> list[Fact]:
-        """Fill the (empty) correlator from the file; returns the facts of restoring."""
+        """Fill the (empty) correlator from the file, then remove it; returns the facts of restoring.
+
+        The file is used once: after a hard kill an old file would bring back calls that
+        have ended since, and count them again.
+        """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -87,6 +91,10 @@ class StateFile:
         except (ValueError, RecursionError) as error:  # JSON, UTF-8 and StateError are ValueErrors
             self._set_aside(f"{type(error).__name__}: {error}"[:300])
             return []
+        try:
+            self.path.unlink()
+        except OSError as error:
+            log.warning("cannot remove the loaded state file", extra={"path": str(self.path), "error": str(error)})
         log.info(
             "state loaded",
             extra={"path": str(self.path), "calls": len(self.correlator), "in_progress": self.correlator.in_progress()},
