@@ -1,4 +1,4 @@
-"""The state file: calls in progress saved atomically on shutdown (and periodically), loaded on start.
+"""The state file: calls in progress saved atomically on shutdown (and periodically), loaded (and removed) on start.
 
 The data is `correlator.dump_state`; this module only does the file side. A file that
 cannot be used is logged and renamed aside (`<name>.corrupt-<UTC time>`), and the exporter
