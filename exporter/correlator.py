@@ -22,6 +22,7 @@ import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from .cause import LegOutcome, unanswered_outcome
 from .model import EventType, Notification, Side
@@ -129,6 +130,42 @@ class Call:
         self.deadline: float | None = None
         self.a_hangup = False
         self.ended = False
+
+
+def call_to_dict(call: Call) -> dict[str, Any]:
+    """One call as a compact JSON-able dict (legs as lists, defaults left out)."""
+    out: dict[str, Any] = {
+        "last_seen": call.last_seen,
+        "seen": call.seen,
+        "legs": {
+            number: [leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done]
+            for number, leg in call.legs.items()
+        },
+    }
+    if call.premedia:
+        out["premedia"] = [[side, number, start, end] for (side, number), (start, end) in call.premedia.items()]
+    if call.deadline is not None:
+        out["deadline"] = call.deadline
+    if call.a_hangup:
+        out["a_hangup"] = True
+    if call.ended:
+        out["ended"] = True
+    return out
+
+
+def call_from_dict(data: dict[str, Any]) -> Call:
+    """The inverse of `call_to_dict`."""
+    call = Call(data["last_seen"])
+    call.seen = list(data["seen"])
+    for number, (o, s, t, h, cause, side, done) in data["legs"].items():
+        leg = call.legs[number] = Leg()
+        leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side, leg.done = o, s, t, h, cause, Side(side), done
+    if data.get("premedia"):
+        call.premedia = {(side, number): [start, end] for side, number, start, end in data["premedia"]}
+    call.deadline = data.get("deadline")
+    call.a_hangup = data.get("a_hangup", False)
+    call.ended = data.get("ended", False)
+    return call
 
 
 def dedup_key(n: Notification) -> int:

@@ -24,6 +24,7 @@ from .correlator import Correlator
 from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
 from .settings import Settings
+from .state import SharedState
 
 log = logging.getLogger("mtt_exporter")
 
@@ -32,6 +33,8 @@ METRICS = web.AppKey("metrics", Metrics)
 CORRELATOR = web.AppKey("correlator", Correlator)
 CLOCK = web.AppKey("clock", Callable[[], float])
 READY = web.AppKey("ready", asyncio.Event)
+#: Call state on Redis/Valkey (--state-backend); None: the correlator's memory only.
+SHARED = web.AppKey("shared", SharedState | None)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -140,7 +143,7 @@ async def handle_notify(request: web.Request) -> web.Response:
         return _error(400, error.reason, error.message)
 
     now = app[CLOCK]()
-    correlator = app[CORRELATOR]
+    correlator, shared = app[CORRELATOR], app[SHARED]
     accepted = duplicates = 0
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -150,7 +153,10 @@ async def handle_notify(request: web.Request) -> web.Response:
             metrics.reject(error.reason)
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
             continue
-        duplicate, facts = correlator.apply(notification, now)
+        if shared is None:
+            duplicate, facts = correlator.apply(notification, now)
+        else:
+            duplicate, facts = await shared.apply(notification, now)
         metrics.record_notification(notification, now, duplicate)
         metrics.record_facts(facts)
         accepted += 1
@@ -196,8 +202,12 @@ async def handle_healthy(request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
-    """GET /-/ready: ready to ingest (503 until start-up finished)."""
+    """GET /-/ready: ready to ingest (503 until start-up finished); "degraded" without Redis."""
     if request.app[READY].is_set():
+        shared = request.app[SHARED]
+        if shared is not None and not shared.up:
+            # still 200: a 503 would take every replica out of the load balancer at once
+            return web.json_response({"status": "degraded", "state_backend": "unreachable"})
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "starting"}, status=503)
 
@@ -234,21 +244,34 @@ def tick(app: web.Application, now: float) -> None:
     app[METRICS].record_facts(app[CORRELATOR].expire(now))
 
 
+async def tick_shared(app: web.Application, now: float) -> None:
+    """The decisions due at `now` in the shared state (or a reconnection attempt), recorded."""
+    shared = app[SHARED]
+    if shared is not None:
+        app[METRICS].record_facts(await shared.expire(now))
+
+
 async def _ticker(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 tick(app, app[CLOCK]())
+                await tick_shared(app, app[CLOCK]())
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("expiry tick failed")
 
+    shared = app[SHARED]
+    if shared is not None:
+        await shared.start()
     task = asyncio.create_task(loop())
     app[READY].set()
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if shared is not None:
+        await shared.close()
 
 
 def default_registry() -> CollectorRegistry:
@@ -276,7 +299,12 @@ def create_app(
     metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
     correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
     metrics.track(correlator.__len__)
+    shared = None
+    if settings.state_backend is not None:
+        shared = SharedState(settings.state_backend.get_secret_value(), correlator)
+        metrics.track_backend(shared.stats)
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
+    app[SHARED] = shared
     app[READY] = asyncio.Event()
     app.router.add_post("/notify", handle_notify)
     app.router.add_post("/notify/{token}", handle_notify)
@@ -290,7 +318,7 @@ def create_app(
 def create_metrics_app(main: web.Application) -> web.Application:
     """The internal listener of --metrics-listen: /metrics and health of `main`."""
     app = web.Application()
-    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY):
+    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY, SHARED):
         app[key] = main[key]
     app.router.add_get("/metrics", handle_metrics)
     _add_health(app)

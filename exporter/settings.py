@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
     max_batch_items: int = Field(1000, ge=1, description="Most notifications in one JSON array (413 above).")
     exemplars: bool = Field(True, description="Attach the call id as an exemplar to duration histograms (OpenMetrics).")
+    state_backend: SecretStr | None = Field(
+        None,
+        description="Call state shared by replicas: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS "
+        "(Redis 6.2+ or Valkey); default: this process's memory.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
@@ -58,6 +63,17 @@ class Settings(BaseSettings):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():
             return None  # an empty variable means no token
+        return value
+
+
+    @field_validator("state_backend")
+    @classmethod
+    def _state_backend(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = value.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
 
 

@@ -1,0 +1,227 @@
+"""Shared call state on a real redis-server: the correlator's rules, applied by two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import pytest
+from prometheus_client import generate_latest
+
+from exporter.correlator import (
+    CallEnded,
+    CallStarted,
+    Correlator,
+    Duration,
+    Evicted,
+    EvictionReason,
+    LegEnded,
+    call_from_dict,
+    call_to_dict,
+)
+from exporter.server import METRICS
+from exporter.settings import Settings
+from exporter.state import LEASE_SECONDS, SharedState, masked_url
+
+from .processes import free_port
+from .test_correlator import B1, NOW, SCENARIOS, SEED, calls, durations, legs, note, run
+
+GRACE, TTL = 15.0, 3600.0
+
+
+def test_call_round_trips_through_json():
+    # every scenario again, each call serialised and read back after every notification
+    for name, case in SCENARIOS.items():
+        until = case.get("until", case["steps"][-1][0] + 60)
+        expected = run(case["steps"], until=until)[1]
+        correlator, facts = Correlator(ttl=TTL, max_calls=100, grace=GRACE), []
+        for offset, n in case["steps"]:
+            facts += correlator.expire(NOW + offset)
+            facts += correlator.apply(n, NOW + offset)[1]
+            for conf_id, call in correlator.calls.items():
+                text = json.dumps(call_to_dict(call))
+                correlator.calls[conf_id] = call_from_dict(json.loads(text))
+                assert call_to_dict(correlator.calls[conf_id]) == call_to_dict(call), name
+        last = case["steps"][-1][0]
+        for offset in range(int(last), int(until) + 1):
+            facts += correlator.expire(NOW + offset)
+        assert facts == expected, name
+
+
+@pytest.fixture
+async def pair(redis_server):
+    """Two replicas' shared states on one Redis, each with its own local fallback."""
+    states = [SharedState(redis_server.url, Correlator(ttl=TTL, grace=GRACE, max_calls=1000)) for _ in range(2)]
+    for state in states:
+        await state.start()
+        assert state.up
+    yield states
+    for state in states:
+        await state.close()
+
+
+async def replay(pair, steps, until=None):
+    """Like test_correlator.run, each notification to the other replica, both ticking."""
+    facts, duplicates = [], 0
+    for i, (offset, n) in enumerate(steps):
+        for state in pair:
+            facts += await state.expire(NOW + offset)
+        duplicate, more = await pair[i % 2].apply(n, NOW + offset)
+        duplicates += duplicate
+        facts += more
+    if until is not None:
+        for state in pair:
+            facts += await state.expire(NOW + until)
+    return facts, duplicates
+
+
+@pytest.mark.parametrize("case", [pytest.param(v, id=k) for k, v in SCENARIOS.items()])
+async def test_scenario_on_two_replicas(pair, case):
+    facts, duplicates = await replay(pair, case["steps"], until=case.get("until", case["steps"][-1][0] + 60))
+    assert durations(facts) == sorted(case["durations"])
+    assert legs(facts) == case["legs"]
+    assert calls(facts) == case["calls"]
+    assert duplicates == case.get("duplicates", 0)
+    assert Counter(f.reason.value for f in facts if isinstance(f, Evicted)) == case.get("evicted", {})
+    started = sum(isinstance(f, CallStarted) for f in facts)
+    assert started - sum(isinstance(f, CallEnded) for f in facts) == case.get("in_progress", 0)
+    assert started == 1
+    assert all(state.stats.fallbacks == 0 for state in pair)
+
+
+async def test_concurrent_updates_of_one_call_are_both_applied(pair):
+    a, b = pair
+    read, go = asyncio.Event(), asyncio.Event()
+    real_hmget = a.redis.hmget
+
+    async def slow_hmget(*args):  # a's first read, then b writes, then a writes
+        result = await real_hmget(*args)
+        if not read.is_set():
+            read.set()
+            await go.wait()
+        return result
+
+    a.redis.hmget = slow_hmget
+    first = asyncio.create_task(a.apply(SEED[2][1], NOW))  # o
+    await read.wait()
+    second = await b.apply(SEED[3][1], NOW)  # s, written while a holds a stale read
+    go.set()
+    facts = (await first)[1] + second[1]
+    assert a.stats.conflicts == 1
+    assert durations(facts) == [("ring", "answered", 11.0)]
+    assert sum(isinstance(f, CallStarted) for f in facts) == 1
+
+
+async def test_duplicate_seen_by_the_other_replica(pair):
+    a, b = pair
+    assert (await a.apply(SEED[7][1], NOW))[0] is False
+    assert await b.apply(SEED[7][1], NOW + 1) == (True, [])
+
+
+async def test_due_decisions_are_made_once_by_racing_replicas(pair):
+    a, b = pair
+    for i in range(150):  # unanswered after the grace, and never hung up (expired at the TTL)
+        await pair[i % 2].apply(note("o", 0, B1, conf=f"U{i}"), NOW)
+        await pair[i % 2].apply(note("h", 3, B1, side="B", cause=17, conf=f"U{i}"), NOW)
+        await pair[i % 2].apply(note("o", 0, B1, conf=f"X{i}"), NOW)
+    decided = sum(await asyncio.gather(a.expire(NOW + GRACE), b.expire(NOW + GRACE)), [])
+    assert calls(decided) == {"unanswered": 150} and legs(decided) == {"busy": 150}
+    expired = sum(await asyncio.gather(a.expire(NOW + TTL), b.expire(NOW + TTL)), [])
+    assert calls(expired) == {"expired": 150} and legs(expired) == {"expired": 150}
+    assert Counter(f.reason for f in expired if isinstance(f, Evicted)) == {EvictionReason.TTL: 150}
+    assert await a.redis.keys("*") == []  # calls deleted at the TTL, indexes empty
+
+
+async def test_lease_of_a_replica_that_died_is_taken_over(pair):
+    a, b = pair
+    await a.apply(note("o", 0, B1), NOW)
+    await a.apply(note("h", 3, B1, side="B", cause=17), NOW)
+    # a claims the call as its tick would, then dies before deciding it
+    assert await a._script("claim", [a._due, a._leased], [NOW + GRACE, NOW + GRACE + LEASE_SECONDS, 10]) == [b"C1"]
+    assert await b.expire(NOW + GRACE + 1) == []
+    assert calls(await b.expire(NOW + GRACE + LEASE_SECONDS)) == {"unanswered": 1}
+
+
+async def test_capacity_evicts_the_call_seen_longest_ago(redis_server):
+    state = SharedState(redis_server.url, Correlator(max_calls=2, grace=GRACE))
+    await state.start()
+    facts = []
+    for i, conf in enumerate(["A", "B", "C"]):
+        facts += (await state.apply(note("o", 0, B1, conf=conf), NOW + i))[1]
+    assert [f for f in facts if isinstance(f, Evicted)] == [Evicted(EvictionReason.CAPACITY)]
+    assert legs(facts) == {"expired": 1} and calls(facts) == {"expired": 1}
+    assert sorted(await state.redis.zrange(state._seen, 0, -1)) == [b"B", b"C"]
+    assert await state.redis.exists(state.key("A")) == 0
+    await state.close()
+
+
+async def test_unreachable_redis_falls_back_and_recovers(pair, redis_server):
+    a, _ = pair
+    redis_server.stop()
+    duplicate, facts = await a.apply(note("o", 0, B1, conf="L"), NOW)
+    assert isinstance(facts[0], CallStarted)  # correlated in local memory
+    assert (a.up, a.stats.errors["apply"], a.stats.fallbacks, len(a.local)) == (False, 1, 1, 1)
+    assert (await a.apply(note("s", 5, B1, conf="L"), NOW + 1))[1] == [Duration(*("ring", 5.0, "answered", "L"))]
+    assert a.stats.errors["apply"] == 1  # no new attempt while down
+    await a.expire(NOW + 2)
+    assert (a.up, a.stats.errors["ping"]) == (False, 1)
+
+    redis_server.start()
+    await a.expire(NOW + 3)
+    assert a.up
+    await a.apply(note("h", 50, B1, side="B", cause=16, conf="L"), NOW + 4)  # its call is local: stays there
+    await a.apply(note("o", 0, B1, conf="R"), NOW + 4)  # a new call: in Redis
+    assert (a.stats.fallbacks, len(a.local)) == (3, 1)
+    assert await a.redis.exists(a.key("R"), a.key("L")) == 1
+
+
+async def test_unreachable_at_start_is_degraded_not_fatal():
+    state = SharedState(f"redis://127.0.0.1:{free_port()}/0", Correlator())
+    await state.start()
+    assert not state.up
+    assert (await state.apply(note("o", 0, B1), NOW))[1] == [CallStarted()]
+    await state.close()
+
+
+async def test_ready_and_metrics_report_the_backend(make_client, redis_server, promtool):
+    import subprocess
+
+    client, app = await make_client(state_backend=redis_server.url)
+    assert await (await client.get("/-/ready")).json() == {"status": "ready"}
+    redis_server.stop()
+    assert (await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1})).status == 200
+    response = await client.get("/-/ready")
+    assert (response.status, await response.json()) == (200, {"status": "degraded", "state_backend": "unreachable"})
+    registry = app[METRICS].registry
+    assert registry.get_sample_value("mtt_state_backend_up") == 0
+    assert registry.get_sample_value("mtt_state_backend_errors_total", {"operation": "apply"}) == 1
+    assert registry.get_sample_value("mtt_state_backend_fallbacks_total") == 1
+    assert registry.get_sample_value("mtt_call_attempts_total") == 1
+    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        pytest.param("redis://h:6379/0", True, id="redis"),
+        pytest.param("rediss://:pw@h:6380/1", True, id="TLS with password"),
+        pytest.param("unix:///run/redis.sock", True, id="unix socket"),
+        pytest.param("http://h:6379", False, id="wrong scheme"),
+        pytest.param("h:6379", False, id="no scheme"),
+    ],
+)
+def test_state_backend_setting(url, ok):
+    if ok:
+        assert Settings(_cli_parse_args=["--state-backend", url]).state_backend.get_secret_value() == url  # type: ignore[call-arg]
+        assert "pw" not in repr(Settings(_cli_parse_args=["--state-backend", url]))  # type: ignore[call-arg]
+    else:
+        with pytest.raises(ValueError):
+            Settings(_cli_parse_args=["--state-backend", url])  # type: ignore[call-arg]
+
+
+def test_masked_url():
+    assert masked_url("rediss://user:s3cret@host:6380/0") == "rediss://user:***@host:6380/0"
+    assert masked_url("redis://:s3cret@host/0") == "redis://:***@host/0"
+    assert masked_url("redis://host:6379/0") == "redis://host:6379/0"
