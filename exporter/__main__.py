@@ -1,8 +1,9 @@
-"""`mtt-exporter` / `python -m exporter`: start the exporter."""
+"""`mtt-exporter` / `python -m exporter`: start the exporter; `simulate` and `replay` are the traffic tools."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -41,6 +42,8 @@ async def serve(settings: Settings) -> None:
         )
         if settings.token is None:
             log.warning("no --token set: anyone who can reach the listener can post notifications")
+        if settings.record is not None:
+            log.warning("recording every received body to %s: the files hold phone numbers", settings.record)
         await stop.wait()
         log.info("stopping")
     finally:
@@ -50,7 +53,11 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
-    settings = load(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("simulate", "replay"):
+        tool = importlib.import_module(f".{args[0]}", __package__)
+        return tool.main(args[1:])
+    settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))

@@ -23,6 +23,7 @@ from . import __version__
 from .correlator import Correlator
 from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
+from .record import Recorder
 from .settings import Settings
 from .state import SharedState
 
@@ -35,6 +36,7 @@ CLOCK = web.AppKey("clock", Callable[[], float])
 READY = web.AppKey("ready", asyncio.Event)
 #: Call state on Redis/Valkey (--state-backend); None: the correlator's memory only.
 SHARED = web.AppKey("shared", SharedState | None)
+RECORDER = web.AppKey("recorder", Recorder)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -122,6 +124,8 @@ async def handle_notify(request: web.Request) -> web.Response:
         metrics.reject(Reason.TOO_LARGE)
         log.info("rejected request", extra={"reason": Reason.TOO_LARGE.value, "peer": peer})
         return _error(413, Reason.TOO_LARGE, f"body larger than {limit} bytes")
+    if RECORDER in app:
+        app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
     try:
         value = decode(body, request.content_type)
@@ -258,6 +262,8 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
             try:
                 tick(app, app[CLOCK]())
                 await tick_shared(app, app[CLOCK]())
+                if RECORDER in app:
+                    app[RECORDER].flush()
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("expiry tick failed")
 
@@ -272,6 +278,8 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
         await task
     if shared is not None:
         await shared.close()
+    if RECORDER in app:
+        app[RECORDER].close()
 
 
 def default_registry() -> CollectorRegistry:
@@ -306,6 +314,8 @@ def create_app(
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
     app[SHARED] = shared
     app[READY] = asyncio.Event()
+    if settings.record is not None:
+        app[RECORDER] = Recorder(settings.record, settings.record_max_bytes, settings.record_keep)
     app.router.add_post("/notify", handle_notify)
     app.router.add_post("/notify/{token}", handle_notify)
     if settings.metrics_listen is None:

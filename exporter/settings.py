@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     call_end_grace: float = Field(15.0, ge=0, description="Seconds to wait for a late answer or new leg before ending an unanswered call.")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
     max_batch_items: int = Field(1000, ge=1, description="Most notifications in one JSON array (413 above).")
+    record: Path | None = Field(None, description="Append every received body with its receipt time to this JSON-lines file, for `replay`. Personal data (phone numbers).")
+    record_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, description="Rotate the --record file when it would grow past this size.")
+    record_keep: int = Field(5, ge=0, description="Rotated --record files kept (FILE.1 is the newest).")
     exemplars: bool = Field(True, description="Attach the call id as an exemplar to duration histograms (OpenMetrics).")
     state_backend: SecretStr | None = Field(
         None,

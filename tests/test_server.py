@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.log import TextFormatter
 from exporter.server import METRICS, READY, create_metrics_app, decode, tick
-from exporter.settings import Settings
 
 
 def logged(caplog) -> str:
@@ -214,10 +213,3 @@ async def test_tick_ends_unanswered_call_after_grace(make_client, clock):
     assert value(app, "mtt_call_legs_total", outcome="busy") == 1
     assert value(app, "mtt_calls_total", outcome="unanswered") == 1
     assert value(app, "mtt_ring_duration_seconds_sum", outcome="unanswered") == 5
-
-
-def test_settings_env(monkeypatch):
-    monkeypatch.setenv("MTT_EXPORTER_CALL_TTL", "60")
-    monkeypatch.setenv("MTT_EXPORTER_LOG_FORMAT", "JSON")
-    settings = Settings(_cli_parse_args=["--max-calls", "10"])  # type: ignore[call-arg]
-    assert (settings.call_ttl, settings.log_format, settings.max_calls) == (60, "json", 10)

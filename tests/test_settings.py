@@ -1,0 +1,78 @@
+"""Settings and logging: flags, environment, errors listed, log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from exporter.log import JsonFormatter, TextFormatter
+from exporter.settings import Settings, load, split_host_port
+
+
+def test_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("MTT_EXPORTER_CALL_TTL", "60")
+    monkeypatch.setenv("MTT_EXPORTER_LOG_FORMAT", "JSON")
+    settings = load(["--max-calls", "10", "--call-end-grace", "2.5", "--no-exemplars", "--token", "tok-42"])
+    assert (settings.call_ttl, settings.log_format, settings.max_calls, settings.call_end_grace) == (60, "json", 10, 2.5)
+    assert settings.exemplars is False
+    assert settings.token is not None and settings.token.get_secret_value() == "tok-42"
+    assert "tok-42" not in repr(settings)
+
+
+def test_defaults_work_on_a_fresh_machine():
+    settings = Settings(_cli_parse_args=[])  # type: ignore[call-arg]
+    assert split_host_port(settings.listen) == ("0.0.0.0", 9888)
+    assert (settings.call_ttl, settings.max_calls, settings.call_end_grace) == (21600, 500_000, 15)
+    assert settings.token is None and settings.metrics_listen is None
+
+
+def test_empty_token_variable_means_no_token(monkeypatch):
+    monkeypatch.setenv("MTT_EXPORTER_TOKEN", "")
+    assert load([]).token is None
+
+
+def test_invalid_settings_exit_1_listing_every_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        load(["--call-ttl", "-1", "--log-level", "loud", "--listen", "nowhere", "--max-calls", "0"])
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    for flag in ("--call-ttl", "--log-level", "--listen", "--max-calls"):
+        assert flag in err
+
+
+def test_unknown_flag_exits_1(capsys):
+    with pytest.raises(SystemExit) as caught:
+        load(["--no-such-flag"])
+    assert caught.value.code == 1
+    assert "no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:9888", ("127.0.0.1", 9888)), (":9888", ("0.0.0.0", 9888)), ("[::1]:80", ("::1", 80))],
+)
+def test_split_host_port(value, expected):
+    assert split_host_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["9888", "host:", "host:port", "host:70000"])
+def test_split_host_port_rejects(value):
+    with pytest.raises(ValueError):
+        split_host_port(value)
+
+
+def _record() -> logging.LogRecord:
+    record = logging.LogRecord("mtt_exporter", logging.INFO, __file__, 1, "rejected request", None, None)
+    record.reason = "malformed"
+    return record
+
+
+def test_json_log_line():
+    line = json.loads(JsonFormatter().format(_record()))
+    assert (line["level"], line["msg"], line["reason"]) == ("info", "rejected request", "malformed")
+
+
+def test_text_log_line():
+    assert TextFormatter().format(_record()).endswith("rejected request reason=malformed")
