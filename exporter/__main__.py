@@ -11,7 +11,7 @@ import sys
 from aiohttp import web
 
 from . import __version__, log as logsetup
-from .server import AccessLogger, create_app, create_metrics_app
+from .server import create_app, create_metrics_app, drain, runner_options, ssl_context
 from .settings import Settings, load, split_host_port
 from .state import masked_url
 
@@ -19,25 +19,29 @@ log = logging.getLogger("mtt_exporter")
 
 
 async def serve(settings: Settings) -> None:
-    """Run the listeners until SIGTERM/SIGINT, then stop accepting and finish in-flight requests."""
+    """Run the listeners until SIGTERM/SIGINT, then stop accepting, finish in-flight requests
+    and save the state (the app's cleanup)."""
     app = create_app(settings)
-    runners = [web.AppRunner(app, access_log_class=AccessLogger)]
+    tls = ssl_context(settings)
+    options = runner_options(settings)
+    runners = [web.AppRunner(app, **options)]
     if settings.metrics_listen is not None:
-        runners.append(web.AppRunner(create_metrics_app(app), access_log_class=AccessLogger))
+        runners.append(web.AppRunner(create_metrics_app(app), **options))
     addresses = [settings.listen] + ([settings.metrics_listen] if settings.metrics_listen else [])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        for runner, address in zip(runners, addresses):
+        for runner, address, context in zip(runners, addresses, (tls, None)):
             await runner.setup()
             host, port = split_host_port(address)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
         log.info(
             "listening",
             extra={"version": __version__, "listen": settings.listen, "metrics_listen": settings.metrics_listen,
-                   "token": "set" if settings.token else "none",
+                   "token": "set" if settings.token else "none", "tls": tls is not None,
+                   "state_file": str(settings.state_path) if settings.state_path else None,
                    "state_backend": masked_url(settings.state_backend.get_secret_value()) if settings.state_backend else "memory"},
         )
         if settings.token is None:
@@ -46,6 +50,11 @@ async def serve(settings: Settings) -> None:
             log.warning("recording every received body to %s: the files hold phone numbers", settings.record)
         await stop.wait()
         log.info("stopping")
+        for runner in runners:  # stop accepting, then let bodies still arriving come in
+            for site in runner.sites:
+                await site.stop()
+        if not await drain(app, settings.read_timeout):
+            log.warning("requests still in flight after --read-timeout; cutting them off")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

@@ -12,7 +12,11 @@ Rules, per call (keyed by the normalised h323_conf_id):
 - a call ends on the hangup of an answered leg; without an answer, once a hangup from
   side A was seen, or no leg is open, and nothing changed that for the grace period;
 - ended calls stay (for duplicate detection and late legs) until the TTL since their last
-  notification; a call or leg still open then is counted as expired.
+  notification; a call or leg still open then is counted as expired;
+- a call takes at most MAX_NOTIFICATIONS_PER_CALL distinct notifications (memory bound).
+
+`dump_state`/`load_state` turn the call table into JSON-able data and back, for restarts;
+`call_to_dict`/`call_from_dict` do it for one call.
 """
 
 from __future__ import annotations
@@ -22,10 +26,17 @@ import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
-from .cause import LegOutcome, unanswered_outcome
-from .model import EventType, Notification, Side
+from .cause import CAUSE_MAX, LegOutcome, unanswered_outcome
+from .model import EventType, Notification, PayloadError, Reason, Side
+
+#: Distinct notifications one call may take; real calls have ~8 per leg. Bounds memory
+#: (legs, premedia, dedup keys) and the linear dedup scan against a sender that
+#: repeats one call id with ever new times or numbers.
+MAX_NOTIFICATIONS_PER_CALL = 1000
+#: Version of the data of `dump_state`; `load_state` refuses any other.
+STATE_VERSION = 1
+STATE_FORMAT = "mtt-exporter-state"
 
 
 class CallOutcome(StrEnum):
@@ -83,6 +94,11 @@ class CallStarted:
 
 
 @dataclass(slots=True, frozen=True)
+class CallRestored:
+    """A call in progress was loaded from saved state (counts as in progress again)."""
+
+
+@dataclass(slots=True, frozen=True)
 class CallEnded:
     """A call ended with this outcome."""
 
@@ -96,7 +112,7 @@ class Evicted:
     reason: EvictionReason
 
 
-Fact = Duration | LegEnded | CallStarted | CallEnded | Evicted
+Fact = Duration | LegEnded | CallStarted | CallRestored | CallEnded | Evicted
 
 
 class Leg:
@@ -130,42 +146,6 @@ class Call:
         self.deadline: float | None = None
         self.a_hangup = False
         self.ended = False
-
-
-def call_to_dict(call: Call) -> dict[str, Any]:
-    """One call as a compact JSON-able dict (legs as lists, defaults left out)."""
-    out: dict[str, Any] = {
-        "last_seen": call.last_seen,
-        "seen": call.seen,
-        "legs": {
-            number: [leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done]
-            for number, leg in call.legs.items()
-        },
-    }
-    if call.premedia:
-        out["premedia"] = [[side, number, start, end] for (side, number), (start, end) in call.premedia.items()]
-    if call.deadline is not None:
-        out["deadline"] = call.deadline
-    if call.a_hangup:
-        out["a_hangup"] = True
-    if call.ended:
-        out["ended"] = True
-    return out
-
-
-def call_from_dict(data: dict[str, Any]) -> Call:
-    """The inverse of `call_to_dict`."""
-    call = Call(data["last_seen"])
-    call.seen = list(data["seen"])
-    for number, (o, s, t, h, cause, side, done) in data["legs"].items():
-        leg = call.legs[number] = Leg()
-        leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side, leg.done = o, s, t, h, cause, Side(side), done
-    if data.get("premedia"):
-        call.premedia = {(side, number): [start, end] for side, number, start, end in data["premedia"]}
-    call.deadline = data.get("deadline")
-    call.a_hangup = data.get("a_hangup", False)
-    call.ended = data.get("ended", False)
-    return call
 
 
 def dedup_key(n: Notification) -> int:
@@ -218,9 +198,14 @@ def _end_leg(leg: Leg, conf_id: str, facts: list[Fact]) -> None:
 
 
 def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, list[Fact]]:
-    """Apply one notification to its call; returns (duplicate, facts)."""
-    call.last_seen = now
+    """Apply one notification to its call; returns (duplicate, facts).
+
+    Raises PayloadError (too_many_items) when the call already took its maximum.
+    """
     key = dedup_key(n)
+    if key not in call.seen and len(call.seen) >= MAX_NOTIFICATIONS_PER_CALL:
+        raise PayloadError(Reason.TOO_MANY_ITEMS, f"call has more than {MAX_NOTIFICATIONS_PER_CALL} notifications")
+    call.last_seen = now
     if key in call.seen:
         return True, []
     call.seen.append(key)
@@ -327,9 +312,7 @@ class Correlator:
         call = self.calls.get(n.conf_id)
         facts: list[Fact] = []
         if call is None:
-            while len(self.calls) >= self.max_calls:
-                old_id, old = self.calls.popitem(last=False)
-                drop(old, old_id, EvictionReason.CAPACITY, facts)
+            self._evict_above(self.max_calls - 1, facts)
             call = self.calls[n.conf_id] = Call(now)
             facts.append(CallStarted())
         else:
@@ -340,6 +323,11 @@ class Correlator:
             heapq.heappush(self._deadlines, (call.deadline, n.conf_id))
         facts.extend(more)
         return duplicate, facts
+
+    def _evict_above(self, limit: int, facts: list[Fact]) -> None:
+        while len(self.calls) > limit:
+            old_id, old = self.calls.popitem(last=False)
+            drop(old, old_id, EvictionReason.CAPACITY, facts)
 
     def expire(self, now: float) -> list[Fact]:
         """Decisions due at `now`: grace periods that ran out, then calls past their TTL."""
@@ -363,3 +351,143 @@ class Correlator:
     def in_progress(self) -> int:
         """Calls begun and not ended (a scan: for tests and snapshots, not the hot path)."""
         return sum(1 for call in self.calls.values() if not call.ended)
+
+
+# --- saved state -------------------------------------------------------------------------
+
+
+class StateError(ValueError):
+    """Saved state that cannot be loaded: not ours, another version, or damaged."""
+
+
+def call_to_dict(call: Call) -> dict:
+    """One call as compact JSON-able data; defaults (None, False, empty) are left out.
+
+    `legs` maps the redirect number to [o, s, t, h, cause, side, done]; `premedia` lists
+    [side, number, sp, ep]; `seen` holds the 64-bit dedup keys. Times are Unix seconds:
+    event times for the legs and premedia, receipt (wall-clock) for last_seen and deadline.
+    """
+    data: dict = {
+        "legs": {
+            number: [leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done]
+            for number, leg in call.legs.items()
+        },
+        "seen": list(call.seen),
+        "last_seen": call.last_seen,
+    }
+    if call.premedia:
+        data["premedia"] = [[side, number, start, end] for (side, number), (start, end) in call.premedia.items()]
+    if call.deadline is not None:
+        data["deadline"] = call.deadline
+    if call.a_hangup:
+        data["a_hangup"] = True
+    if call.ended:
+        data["ended"] = True
+    return data
+
+
+_SIDES = [side.value for side in Side]  # a list: `in` must not hash a damaged value
+
+
+def _time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+        raise StateError(f"expected a finite number, got {type(value).__name__}")
+    return float(value)
+
+
+def _optional_time(value: object) -> float | None:
+    return None if value is None else _time(value)
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise StateError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise StateError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _leg_from_list(values: object) -> Leg:
+    if not isinstance(values, list) or len(values) != 7:
+        raise StateError("leg: expected a list of 7")
+    o, s, t, h, cause, side, done = values
+    leg = Leg()
+    leg.o, leg.s, leg.t, leg.h = (_optional_time(v) for v in (o, s, t, h))
+    if cause is not None and (isinstance(cause, bool) or not isinstance(cause, int) or not 0 <= cause <= CAUSE_MAX):
+        raise StateError("leg: cause must be null or 0..127")
+    leg.cause = cause
+    try:
+        leg.side = Side(side)
+    except ValueError:
+        raise StateError("leg: side must be A, B or unknown") from None
+    leg.done = _flag(done)
+    return leg
+
+
+def call_from_dict(data: object) -> Call:
+    """The inverse of `call_to_dict`; raises StateError on anything it would not produce."""
+    if not isinstance(data, dict) or not isinstance(data.get("legs"), dict) or not isinstance(data.get("seen"), list):
+        raise StateError("call: expected an object with legs and seen")
+    call = Call(_time(data.get("last_seen")))
+    call.legs = {_text(number): _leg_from_list(leg) for number, leg in data["legs"].items()}
+    seen = data["seen"]
+    if len(seen) > MAX_NOTIFICATIONS_PER_CALL or not all(
+        type(key) is int and 0 <= key < 2**64 for key in seen
+    ):
+        raise StateError("call: seen must be at most MAX_NOTIFICATIONS_PER_CALL 64-bit keys")
+    call.seen = list(seen)
+    premedia = data.get("premedia", [])
+    if not isinstance(premedia, list):
+        raise StateError("call: premedia must be a list")
+    for entry in premedia:
+        if not isinstance(entry, list) or len(entry) != 4 or entry[0] not in _SIDES:
+            raise StateError("call: premedia entries must be [side, number, sp, ep]")
+        if call.premedia is None:
+            call.premedia = {}
+        call.premedia[(entry[0], _text(entry[1]))] = [_optional_time(entry[2]), _optional_time(entry[3])]
+    call.deadline = _optional_time(data.get("deadline"))
+    call.a_hangup = _flag(data.get("a_hangup", False))
+    call.ended = _flag(data.get("ended", False))
+    return call
+
+
+def dump_state(correlator: Correlator) -> dict:
+    """The call table as JSON-able data, least recently seen first (the eviction order)."""
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "calls": [[conf_id, call_to_dict(call)] for conf_id, call in correlator.calls.items()],
+    }
+
+
+def load_state(data: object, correlator: Correlator) -> list[Fact]:
+    """Fill an empty correlator from `dump_state` data, all or nothing.
+
+    Returns facts: CallRestored for each call still in progress, then evictions if more
+    calls were saved than `max_calls` allows. Raises StateError on foreign, other-version
+    or damaged data, leaving the correlator untouched.
+    """
+    if correlator.calls:
+        raise ValueError("load_state needs an empty correlator")
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise StateError("not an mtt-exporter state")
+    if data.get("version") != STATE_VERSION:
+        raise StateError(f"state version {data.get('version')!r}, this exporter reads {STATE_VERSION}")
+    entries = data.get("calls")
+    if not isinstance(entries, list):
+        raise StateError("calls: expected a list")
+    calls: OrderedDict[str, Call] = OrderedDict()
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise StateError(f"calls: expected [conf_id, call], got {type(entry).__name__}")
+        calls[_text(entry[0])] = call_from_dict(entry[1])
+    correlator.calls = calls
+    correlator._deadlines = [(call.deadline, conf_id) for conf_id, call in calls.items() if call.deadline is not None]
+    heapq.heapify(correlator._deadlines)
+    facts: list[Fact] = [CallRestored() for call in calls.values() if not call.ended]
+    correlator._evict_above(correlator.max_calls, facts)
+    return facts

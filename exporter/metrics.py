@@ -18,6 +18,7 @@ from .cause import CAUSE_MAX, LegOutcome, cause_class, cause_label, cause_name
 from .correlator import (
     CallEnded,
     CallOutcome,
+    CallRestored,
     CallStarted,
     Duration,
     EvictionReason,
@@ -159,7 +160,7 @@ class Metrics:
                     child.observe(fact.seconds)
             elif isinstance(fact, LegEnded):
                 self._legs[fact.outcome].inc()
-            elif isinstance(fact, CallStarted):
+            elif isinstance(fact, CallStarted | CallRestored):
                 self.in_progress.inc()
             elif isinstance(fact, CallEnded):
                 self._calls[fact.outcome].inc()

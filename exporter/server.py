@@ -9,8 +9,10 @@ import contextlib
 import hmac
 import json
 import logging
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,6 +28,7 @@ from .model import Notification, PayloadError, Reason, mask_number, parse
 from .record import Recorder
 from .settings import Settings
 from .state import SharedState
+from .statefile import StateFile
 
 log = logging.getLogger("mtt_exporter")
 
@@ -37,10 +40,16 @@ READY = web.AppKey("ready", asyncio.Event)
 #: Call state on Redis/Valkey (--state-backend); None: the correlator's memory only.
 SHARED = web.AppKey("shared", SharedState | None)
 RECORDER = web.AppKey("recorder", Recorder)
+STATE = web.AppKey("state", StateFile)
+
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
 _FORM_TYPE = "application/x-www-form-urlencoded"
+#: Paths an --allow-cidr list does not cover: orchestrators probe from their own addresses.
+OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
+#: Seconds a client refused for overload is asked to wait.
+RETRY_AFTER = 1
 
 
 def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Response:
@@ -63,6 +72,89 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     for candidate in offered:  # compare every candidate: timing reveals nothing
         ok |= hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), token)
     return ok
+
+
+class Gate:
+    """Notification requests in flight, at most `limit`; `idle` is set while there are none."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def full(self) -> bool:
+        return self.busy >= self.limit
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.busy += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
+
+
+GATE = web.AppKey("gate", Gate)
+
+
+async def drain(app: web.Application, timeout: float) -> bool:
+    """Wait up to `timeout` for the notification requests in flight to finish; True if they did.
+
+    For shutdown, after the listeners closed and before the runner's cleanup: aiohttp
+    stops reading every connection when its cleanup starts, which would cut off bodies
+    still arriving.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await app[GATE].idle.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def client_address(
+    request: web.BaseRequest, trusted: Sequence[IPv4Network | IPv6Network]
+) -> IPv4Address | IPv6Address | None:
+    """The client: the peer, or behind trusted proxies the rightmost untrusted X-Forwarded-For hop.
+
+    Hops are read right to left because each proxy appends the address it saw; only
+    the part appended by trusted proxies can be believed. None: no usable address.
+    """
+    try:
+        address = ip_address(request.remote or "")
+    except ValueError:
+        return None
+    hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", ()) for hop in header.split(",")]
+    while True:
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # dual-stack listeners see IPv4 peers as ::ffff:a.b.c.d
+        if not hops or not any(address in network for network in trusted):
+            return address
+        try:
+            address = ip_address(hops.pop())
+        except ValueError:
+            return None
+
+
+def _peer(request: web.BaseRequest) -> str:
+    """Who sent the request, for logs."""
+    address = client_address(request, request.app[SETTINGS].trusted_proxy)
+    return "unknown" if address is None else str(address)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """--allow-cidr: 403 for a client outside the listed networks (health checks excepted)."""
+    settings = request.app[SETTINGS]
+    if settings.allow_cidr and request.path not in OPEN_PATHS:
+        address = client_address(request, settings.trusted_proxy)
+        if address is None or not any(address in network for network in settings.allow_cidr):
+            return _refuse(request, 403, Reason.FORBIDDEN, "client address not allowed")
+    return await handler(request)
 
 
 def _form(text: str) -> dict[str, Any]:
@@ -102,28 +194,43 @@ def decode(body: bytes, content_type: str) -> Any:
         raise PayloadError(Reason.MALFORMED, "body is neither JSON nor a urlencoded form") from None
 
 
+def _refuse(request: web.Request, status: int, reason: Reason, message: str) -> web.Response:
+    """Count a refused request, log the reason and the client (never the body), answer 4xx."""
+    request.app[METRICS].reject(reason)
+    log.info("rejected request", extra={"reason": reason.value, "peer": _peer(request), "error": message})
+    return _error(status, reason, message)
+
+
 async def handle_notify(request: web.Request) -> web.Response:
     """POST /notify[/{token}]: one notification (object) or a batch (array)."""
     app = request.app
-    settings, metrics = app[SETTINGS], app[METRICS]
-    peer = request.remote
+    settings = app[SETTINGS]
     if settings.token is not None and not _authorized(request, settings.token.get_secret_value().encode()):
-        metrics.reject(Reason.UNAUTHORIZED)
-        log.info("rejected request", extra={"reason": Reason.UNAUTHORIZED.value, "peer": peer})
-        return _error(401, Reason.UNAUTHORIZED, "missing or wrong token")
+        return _refuse(request, 401, Reason.UNAUTHORIZED, "missing or wrong token")
+    gate = app[GATE]
+    if gate.full():  # 429, not 503: a 5xx would page for the sender's behaviour
+        response = _refuse(request, 429, Reason.OVERLOADED, f"more than {gate.limit} requests at once")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+    with gate.held():
+        return await _notify(request)
 
+
+async def _notify(request: web.Request) -> web.Response:
+    app = request.app
+    settings, metrics = app[SETTINGS], app[METRICS]
     limit = settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        body = None
-    else:
+    body: bytes | None = None
+    if request.content_length is None or request.content_length <= limit:
         try:
-            body = await request.read()
+            async with asyncio.timeout(settings.read_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            body = None
+            pass
+        except TimeoutError:
+            return _refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s")
     if body is None or len(body) > limit:
-        metrics.reject(Reason.TOO_LARGE)
-        log.info("rejected request", extra={"reason": Reason.TOO_LARGE.value, "peer": peer})
-        return _error(413, Reason.TOO_LARGE, f"body larger than {limit} bytes")
+        return _refuse(request, 413, Reason.TOO_LARGE, f"body larger than {limit} bytes")
     if RECORDER in app:
         app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
@@ -133,18 +240,14 @@ async def handle_notify(request: web.Request) -> web.Response:
             if not value:
                 raise PayloadError(Reason.INVALID, "empty batch")
             if len(value) > settings.max_batch_items:
-                metrics.reject(Reason.TOO_MANY_ITEMS)
-                log.info("rejected request", extra={"reason": Reason.TOO_MANY_ITEMS.value, "peer": peer})
-                return _error(413, Reason.TOO_MANY_ITEMS, f"batch longer than {settings.max_batch_items} items")
+                return _refuse(request, 413, Reason.TOO_MANY_ITEMS, f"batch longer than {settings.max_batch_items} items")
             items, batch = value, True
         elif isinstance(value, dict):
             items, batch = [value], False
         else:
             raise PayloadError(Reason.MALFORMED, f"expected a JSON object or array, got {type(value).__name__}")
     except PayloadError as error:
-        metrics.reject(error.reason)
-        log.info("rejected request", extra={"reason": error.reason.value, "peer": peer, "error": error.message})
-        return _error(400, error.reason, error.message)
+        return _refuse(request, 400, error.reason, error.message)
 
     now = app[CLOCK]()
     correlator, shared = app[CORRELATOR], app[SHARED]
@@ -153,14 +256,14 @@ async def handle_notify(request: web.Request) -> web.Response:
     for index, item in enumerate(items):
         try:
             notification = parse(item)
+            if shared is None:
+                duplicate, facts = correlator.apply(notification, now)
+            else:
+                duplicate, facts = await shared.apply(notification, now)
         except PayloadError as error:
             metrics.reject(error.reason)
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
             continue
-        if shared is None:
-            duplicate, facts = correlator.apply(notification, now)
-        else:
-            duplicate, facts = await shared.apply(notification, now)
         metrics.record_notification(notification, now, duplicate)
         metrics.record_facts(facts)
         accepted += 1
@@ -168,7 +271,7 @@ async def handle_notify(request: web.Request) -> web.Response:
         if log.isEnabledFor(logging.DEBUG):
             _log_accepted(notification, duplicate)
     if errors:
-        log.info("rejected notifications", extra={"peer": peer, "accepted": accepted, "errors": errors})
+        log.info("rejected notifications", extra={"peer": _peer(request), "accepted": accepted, "errors": errors})
         if not batch:
             return _error(400, Reason(errors[0]["reason"]), errors[0]["error"])
         return web.json_response(
@@ -255,8 +358,17 @@ async def tick_shared(app: web.Application, now: float) -> None:
         app[METRICS].record_facts(await shared.expire(now))
 
 
-async def _ticker(app: web.Application) -> AsyncIterator[None]:
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Load the state, tick (and snapshot) while serving; at shutdown, after the last
+    request finished, save the state."""
+    state = app.get(STATE)
+    interval = app[SETTINGS].state_interval
+    if state is not None:
+        app[METRICS].record_facts(state.load())
+
     async def loop() -> None:
+        running = asyncio.get_running_loop()
+        next_save = running.time() + (interval or 0)
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
@@ -266,6 +378,12 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
                     app[RECORDER].flush()
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("expiry tick failed")
+            if state is not None and interval is not None and running.time() >= next_save:
+                next_save = running.time() + interval
+                try:  # serialised and written in a thread; the snapshot itself is taken here
+                    await running.run_in_executor(None, state.write, state.snapshot())
+                except OSError as error:
+                    log.error("cannot write the state file", extra={"path": str(state.path), "error": str(error)})
 
     shared = app[SHARED]
     if shared is not None:
@@ -276,6 +394,8 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if state is not None:
+        state.save()  # newer than any periodic write still running: that one is skipped
     if shared is not None:
         await shared.close()
     if RECORDER in app:
@@ -291,6 +411,29 @@ def default_registry() -> CollectorRegistry:
     return registry
 
 
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """Server TLS context of --tls-cert/--tls-key (TLS 1.2 and up), or None."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of the AppRunner: access log, and time limits from --read-timeout.
+
+    `keepalive_timeout` also closes a connection that sends no complete request head in
+    time (aiohttp arms it at connect), which bounds slow-header clients.
+    """
+    return {
+        "access_log_class": AccessLogger,
+        "keepalive_timeout": settings.read_timeout,
+        "shutdown_timeout": settings.read_timeout,
+    }
+
+
 def _add_health(app: web.Application) -> None:
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
@@ -303,7 +446,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The notification app; serves /metrics too unless a separate metrics listener is set."""
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard])
     metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
     correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
     metrics.track(correlator.__len__)
@@ -314,6 +457,9 @@ def create_app(
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
     app[SHARED] = shared
     app[READY] = asyncio.Event()
+    app[GATE] = Gate(settings.max_concurrent_requests)
+    if settings.state_path is not None:
+        app[STATE] = StateFile(settings.state_path, correlator)
     if settings.record is not None:
         app[RECORDER] = Recorder(settings.record, settings.record_max_bytes, settings.record_keep)
     app.router.add_post("/notify", handle_notify)
@@ -321,7 +467,7 @@ def create_app(
     if settings.metrics_listen is None:
         app.router.add_get("/metrics", handle_metrics)
     _add_health(app)
-    app.cleanup_ctx.append(_ticker)
+    app.cleanup_ctx.append(_lifecycle)
     return app
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, FilePath, IPvAnyNetwork, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: A repeatable flag (`--allow-cidr A --allow-cidr B`); in the environment a JSON list or
+#: comma-separated (`MTT_EXPORTER_ALLOW_CIDR=10.0.0.0/8,192.0.2.7`).
+Networks = Annotated[list[IPvAnyNetwork], NoDecode]
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -42,6 +48,15 @@ class Settings(BaseSettings):
     record_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, description="Rotate the --record file when it would grow past this size.")
     record_keep: int = Field(5, ge=0, description="Rotated --record files kept (FILE.1 is the newest).")
     exemplars: bool = Field(True, description="Attach the call id as an exemplar to duration histograms (OpenMetrics).")
+    data_dir: Path | None = Field(None, description="Writable directory for the state file (a relative --state-file is taken from here).")
+    state_file: Path | None = Field(None, description="Save calls in progress here on shutdown and load them on start.")
+    state_interval: float | None = Field(None, gt=0, description="Also save the state every this many seconds (limits what a hard kill loses).")
+    allow_cidr: Networks = Field([], description="Accept requests only from these networks (repeatable; 403 otherwise). Health checks stay open.")
+    trusted_proxy: Networks = Field([], description="Reverse proxies whose X-Forwarded-For is believed (repeatable).")
+    tls_cert: FilePath | None = Field(None, description="PEM certificate (chain) to serve the main listener over HTTPS.")
+    tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert.")
+    max_concurrent_requests: int = Field(256, ge=1, description="Notification requests handled at once; more get 429 (overloaded).")
+    read_timeout: float = Field(30.0, gt=0, description="Seconds to receive a request's headers and body (408 timeout), and to keep an idle connection.")
     state_backend: SecretStr | None = Field(
         None,
         description="Call state shared by replicas: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS "
@@ -61,6 +76,34 @@ class Settings(BaseSettings):
         if value is not None:
             split_host_port(value)
         return value
+
+    @field_validator("allow_cidr", "trusted_proxy", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _files(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.state_interval is not None and self.state_file is None:
+            raise ValueError("--state-interval needs --state-file")
+        if self.data_dir is not None and not (self.data_dir.is_dir() and os.access(self.data_dir, os.W_OK | os.X_OK)):
+            raise ValueError(f"--data-dir {self.data_dir} is not a writable directory")
+        state = self.state_path
+        if state is not None and not os.access(state.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--state-file: directory {state.parent} is not writable")
+        return self
+
+    @property
+    def state_path(self) -> Path | None:
+        """--state-file, taken relative to --data-dir when that is set."""
+        if self.state_file is None:
+            return None
+        return self.data_dir / self.state_file if self.data_dir is not None else self.state_file
 
     @field_validator("token")
     @classmethod
@@ -87,7 +130,11 @@ def load(argv: list[str] | None = None) -> Settings:
     try:
         return Settings(_cli_parse_args=args)  # type: ignore[call-arg]
     except ValidationError as error:
-        lines = [f"  --{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors()]
+        lines = [
+            f"  --{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" if e["loc"]
+            else f"  {e['msg'].removeprefix('Value error, ')}"  # a rule across options
+            for e in error.errors()
+        ]
         print("mtt-exporter: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
     except Exception as error:  # argparse errors (unknown flag, missing value)
         print(f"mtt-exporter: {error}", file=sys.stderr)

@@ -204,15 +204,14 @@ class SharedState:
         key = self.key(conf_id)
         evicted: list[Fact] | None = None
         for _ in range(ATTEMPTS):
-            token, data = await self.redis.hmget(key, ("v", "d"))
+            token, call = await self._load(key)
             facts: list[Fact] = []
-            if data is None:
+            if call is None:
                 if evicted is None:
                     evicted = await self._evict() if self.stats.calls >= self.max_calls else []
-                call, old_due, token = Call(now), None, b""
+                call, old_due = Call(now), None
                 facts.append(CallStarted())
             else:
-                call = call_from_dict(json.loads(data))
                 old_due = next_due(call, self.ttl)
             duplicate, more = apply(call, n, now, self.grace)
             facts += more
@@ -310,10 +309,16 @@ class SharedState:
     # --- Redis plumbing -----------------------------------------------------------------
 
     async def _load(self, key: str) -> tuple[bytes, Call | None]:
+        """(write token, call); (b"", None) if there is none. Data this exporter would not
+        write counts as no call, and the token lets the next write replace it."""
         token, data = await self.redis.hmget(key, ("v", "d"))
         if data is None:
             return b"", None
-        return token, call_from_dict(json.loads(data))
+        try:
+            return token, call_from_dict(json.loads(data))
+        except (ValueError, RecursionError) as error:  # StateError, JSONDecodeError, UnicodeDecodeError
+            log.warning("damaged call in the state backend, replaced", extra={"error": str(error)[:200]})
+            return token or b"", None
 
     def _cas(self, key: str, token: bytes, call: Call | None) -> tuple[list[str], list[object]]:
         """Keys and arguments of the compare-and-set of `call` (None: delete) over `token`."""

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from exporter.server import AccessLogger, create_app
+from exporter.server import create_app, runner_options
 from exporter.settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -52,7 +52,7 @@ def make_client(aiohttp_client, clock):
         settings = Settings(_cli_parse_args=[], **overrides)  # type: ignore[call-arg]
         app = create_app(settings, registry=CollectorRegistry(), clock=clock)
         server = TestServer(app)
-        await server.start_server(access_log_class=AccessLogger)  # as __main__ runs it
+        await server.start_server(**runner_options(settings))  # as __main__ runs it
         client = await aiohttp_client(server)
         return client, app
 
@@ -77,8 +77,8 @@ def promtool() -> str:
 
 @pytest.fixture
 def redis_server(tmp_path):
-    """A redis-server of the test's own on a free loopback port (see tests/processes.py)."""
-    from .processes import RedisServer
+    """A redis-server of the test's own on a free loopback port (see tests/redis_server.py)."""
+    from .redis_server import RedisServer
 
     server = RedisServer(need_binary("redis-server"), tmp_path)
     server.start()

@@ -13,7 +13,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from .processes import Exporter
+from .process import Exporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from .workload import Workload, generate, samples, send, single_exporter
@@ -32,7 +32,7 @@ async def scrape(replicas: list[Exporter]) -> list[str]:
     async with aiohttp.ClientSession() as session:
         texts = []
         for replica in replicas:
-            async with session.get(replica.url + "/metrics") as response:
+            async with session.get(replica.base + "/metrics") as response:
                 texts.append(await response.text())
         return texts
 
@@ -41,7 +41,7 @@ async def ready(replicas: list[Exporter]) -> list[tuple[int, str]]:
     async with aiohttp.ClientSession() as session:
         answers = []
         for replica in replicas:
-            async with session.get(replica.url + "/-/ready") as response:
+            async with session.get(replica.base + "/-/ready") as response:
                 answers.append((response.status, (await response.json())["status"]))
         return answers
 
@@ -89,18 +89,18 @@ def per_notification(total: Counter) -> Counter:
 
 
 @pytest.fixture
-def replicas(redis_server):
-    started = [Exporter(*flags(redis_server.url)) for _ in range(2)]
+def replicas(redis_server, tmp_path):
+    started = [Exporter(tmp_path, *flags(redis_server.url)).start() for _ in range(2)]
     yield started
     for replica in started:
-        errors = replica.stop()
-        assert "Traceback" not in errors, errors
+        assert replica.stop() == 0
+        assert "Traceback" not in replica.log(), replica.log()
 
 
 async def test_random_split_sums_to_one_exporter(replicas):
     await wait_for(lambda: _all_ready(replicas), "replicas ready")
     work = generate(280, seed=6)
-    sent, statuses = await send(work, [r.url for r in replicas], seed=6, both=0.1)
+    sent, statuses = await send(work, [r.base for r in replicas], seed=6, both=0.1)
     assert statuses == {200: len(sent)}
     assert len(sent) > work.notifications()  # some went to both replicas
 
@@ -116,7 +116,7 @@ async def _all_ready(replicas, status="ready"):
 
 
 async def test_redis_restart_costs_only_the_calls_it_touched(replicas, redis_server):
-    urls = [r.url for r in replicas]
+    urls = [r.base for r in replicas]
     await wait_for(lambda: _all_ready(replicas), "replicas ready")
 
     # 1. before: exact

@@ -76,3 +76,48 @@ def test_json_log_line():
 
 def test_text_log_line():
     assert TextFormatter().format(_record()).endswith("rejected request reason=malformed")
+
+
+# --- options of issue #5: networks, TLS, state, limits -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        pytest.param(["--allow-cidr", "10.0.0.0/8", "--allow-cidr", "192.0.2.7"], None, ["10.0.0.0/8", "192.0.2.7/32"], id="repeated flag"),
+        pytest.param(["--allow-cidr", "10.0.0.0/8,2001:db8::/32"], None, ["10.0.0.0/8", "2001:db8::/32"], id="comma-separated flag"),
+        pytest.param([], "10.0.0.0/8, 192.0.2.7", ["10.0.0.0/8", "192.0.2.7/32"], id="comma-separated env"),
+        pytest.param([], '["10.0.0.0/8", "::1"]', ["10.0.0.0/8", "::1/128"], id="JSON list env"),
+        pytest.param([], "", [], id="empty env"),
+    ],
+)
+def test_network_lists(monkeypatch, args, env, expected):
+    if env is not None:
+        monkeypatch.setenv("MTT_EXPORTER_ALLOW_CIDR", env)
+    assert [str(n) for n in load(args).allow_cidr] == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--allow-cidr", "10.0.0.1/8"], "--allow-cidr", id="host bits set"),
+        pytest.param(["--trusted-proxy", "proxy.local"], "--trusted-proxy", id="a name, not a network"),
+        pytest.param(["--tls-cert", __file__], "--tls-cert and --tls-key go together", id="cert without key"),
+        pytest.param(["--tls-cert", "/no/such.pem", "--tls-key", "/no/such.pem"], "--tls-key", id="missing files"),
+        pytest.param(["--state-interval", "60"], "--state-interval needs --state-file", id="interval without file"),
+        pytest.param(["--data-dir", "/no/such/dir"], "not a writable directory", id="missing data dir"),
+        pytest.param(["--state-file", "/no/such/dir/state.json"], "is not writable", id="state file in a missing dir"),
+        pytest.param(["--max-concurrent-requests", "0"], "--max-concurrent-requests", id="no requests at all"),
+        pytest.param(["--read-timeout", "0"], "--read-timeout", id="zero timeout"),
+    ],
+)
+def test_invalid_new_options(capsys, args, message):
+    with pytest.raises(SystemExit):
+        load(args)
+    assert message in capsys.readouterr().err
+
+
+def test_state_file_is_taken_from_the_data_dir(tmp_path):
+    assert load(["--data-dir", str(tmp_path), "--state-file", "state.json"]).state_path == tmp_path / "state.json"
+    assert load(["--state-file", str(tmp_path / "s.json")]).state_path == tmp_path / "s.json"
+    assert load([]).state_path is None

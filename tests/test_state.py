@@ -24,7 +24,7 @@ from exporter.server import METRICS
 from exporter.settings import Settings
 from exporter.state import LEASE_SECONDS, SharedState, masked_url
 
-from .processes import free_port
+from .process import free_port
 from .test_correlator import B1, NOW, SCENARIOS, SEED, calls, durations, legs, note, run
 
 GRACE, TTL = 15.0, 3600.0
@@ -225,3 +225,11 @@ def test_masked_url():
     assert masked_url("rediss://user:s3cret@host:6380/0") == "rediss://user:***@host:6380/0"
     assert masked_url("redis://:s3cret@host/0") == "redis://:***@host/0"
     assert masked_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+async def test_damaged_call_in_redis_is_replaced(pair):
+    a, _ = pair
+    await a.redis.hset(a.key("C1"), mapping={"v": "x", "d": '{"legs": 1}'})
+    duplicate, facts = await a.apply(note("o", 0, B1), NOW)
+    assert facts == [CallStarted()] and not duplicate
+    assert json.loads(await a.redis.hget(a.key("C1"), "d"))["legs"] == {B1: [0.0, None, None, None, None, "unknown", False]}
