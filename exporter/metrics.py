@@ -208,6 +208,6 @@ class _BackendCollector(Collector):
             "Notifications correlated in local memory: backend unreachable, or their call is held locally since.",
             value=stats.fallbacks)
         yield CounterMetricFamily(
-            "mtt_state_backend_conflicts",
-            "Call updates retried because another request or replica changed the call first.",
-            value=stats.conflicts)
+            "mtt_state_backend_retries",
+            "Writes of a call retried because it was not as this replica last saw it (written by another replica or request).",
+            value=stats.retries)

@@ -92,25 +92,43 @@ async def test_scenario_on_two_replicas(pair, case):
 
 async def test_concurrent_updates_of_one_call_are_both_applied(pair):
     a, b = pair
-    read, go = asyncio.Event(), asyncio.Event()
-    real_hmget = a.redis.hmget
+    computed, go = asyncio.Event(), asyncio.Event()
+    real_pipeline = a.redis.pipeline
 
-    async def slow_hmget(*args):  # a's first read, then b writes, then a writes
-        result = await real_hmget(*args)
-        if not read.is_set():
-            read.set()
-            await go.wait()
-        return result
+    def paused_pipeline(**kwargs):  # a computes its write, b writes, then a's write goes out
+        pipe = real_pipeline(**kwargs)
+        real_execute = pipe.execute
 
-    a.redis.hmget = slow_hmget
+        async def execute(**kw):
+            if not computed.is_set():
+                computed.set()
+                await go.wait()
+            return await real_execute(**kw)
+
+        pipe.execute = execute
+        return pipe
+
+    a.redis.pipeline = paused_pipeline
     first = asyncio.create_task(a.apply(SEED[2][1], NOW))  # o
-    await read.wait()
-    second = await b.apply(SEED[3][1], NOW)  # s, written while a holds a stale read
+    await computed.wait()
+    second = await b.apply(SEED[3][1], NOW)  # s, written while a's write of o is on its way
     go.set()
     facts = (await first)[1] + second[1]
-    assert a.stats.conflicts == 1
+    assert (a.stats.retries, b.stats.retries) == (1, 0)
     assert durations(facts) == [("ring", "answered", 11.0)]
     assert sum(isinstance(f, CallStarted) for f in facts) == 1
+
+
+async def test_a_replica_writes_over_its_own_last_write_without_reading(pair):
+    a, b = pair
+    for step in SEED[:3]:  # sp, ep, o: the first guessed absent, the next as a wrote them
+        await a.apply(step[1], NOW)
+    assert a.stats.retries == 0
+    await b.apply(SEED[3][1], NOW)  # s: b guesses absent, is told the call, writes
+    assert b.stats.retries == 1
+    facts = (await a.apply(SEED[7][1], NOW))[1]  # h: a's guess is stale now
+    assert a.stats.retries == 1
+    assert ("answered", "", 89.0) in durations(facts) and calls(facts) == {"answered": 1}
 
 
 async def test_duplicate_seen_by_the_other_replica(pair):
