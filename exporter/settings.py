@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, FilePath, IPvAnyNetwork, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .state import SCHEMES
+
 #: A repeatable flag (`--allow-cidr A --allow-cidr B`); in the environment a JSON list or
 #: comma-separated (`MTT_EXPORTER_ALLOW_CIDR=10.0.0.0/8,192.0.2.7`).
 Networks = Annotated[list[IPvAnyNetwork], NoDecode]
@@ -59,8 +61,9 @@ class Settings(BaseSettings):
     read_timeout: float = Field(30.0, gt=0, description="Seconds to receive a request's headers and body (408 timeout), and to keep an idle connection.")
     state_backend: SecretStr | None = Field(
         None,
-        description="Call state shared by replicas: redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS "
-        "(Redis 6.2+ or Valkey); default: this process's memory.",
+        description="Call state shared by replicas (Redis 6.2+ or Valkey): redis://[:PASSWORD@]HOST:PORT/DB "
+        "(rediss:// for TLS), redis+cluster://HOST:PORT, redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]; "
+        "default: this process's memory.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
@@ -119,8 +122,8 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value():
             return None
         scheme = value.get_secret_value().partition("://")[0].lower()
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        if scheme not in SCHEMES:
+            raise ValueError(f"expected a URL of scheme {', '.join(SCHEMES)}")
         return value
 
 

@@ -1,4 +1,4 @@
-"""Call state shared by several replicas on Redis/Valkey (`--state-backend redis://...`).
+"""Call state shared by several replicas on Redis/Valkey (`--state-backend URL`).
 
 The default keeps calls in this process's memory: server.py calls the `Correlator` directly,
 with no await. `SharedState` keeps them in Redis instead and runs the same pure functions of
@@ -10,19 +10,20 @@ that succeeded, so a notification or a decision is counted once, whichever repli
 
 A write needs no read first when this replica can guess the call: absent (its first
 notification), or as this replica last wrote it (a small cache); a wrong guess costs the
-round trip a read would have.
+round trip a read would have. Requests for one call on one replica take turns; the
+commands of concurrent requests share one pipeline per round trip.
 
-Keys (a call's key carries its hash tag, so Redis Cluster works; the index keys share one):
-- `mtt:call:{<conf id>}`: hash `v` (write token), `d` (JSON of `call_to_dict`); it expires
-  `KEY_TTL_MARGIN` after the call TTL, a safety net: a replica deletes it at the TTL;
-- `mtt:{index}:due`: conf id -> when something is next due for the call (end of a grace
-  period, or its TTL). A writer lowers the score (ZADD LT) *before* its compare-and-set, so
-  the score is never later than what the stored call needs, even if the writer dies;
-- `mtt:{index}:leased`: conf id -> end of the lease of the replica deciding it; an entry
-  is moved here atomically when claimed, so one replica takes it, and another takes over
-  if that one dies before the lease ends. Deciding always writes the call (a new token), so
-  a writer that read it before the claim retries and indexes its due time again;
-- `mtt:{index}:seen`: conf id -> last receipt time: the oldest is evicted at `--max-calls`.
+Keys. Calls are spread over SHARDS shards by a CRC of the conf id; every key of a shard
+carries the hash tag `{mtt-<shard>}`, so Redis Cluster keeps a call and its indexes in one
+slot and the compare-and-set updates them atomically:
+- `{mtt-N}:call:<conf id>`: hash `v` (write token), `d` (JSON of `call_to_dict`); it
+  expires KEY_TTL_MARGIN after the call TTL, a safety net: a replica deletes it at the TTL;
+- `{mtt-N}:due`: conf id -> when the call next needs a decision (end of a grace period, or
+  its TTL); every write lowers it to the new state's time (ZADD LT), never later;
+- `{mtt-N}:leased`: conf id -> end of the lease of the replica deciding it. A claim moves
+  due entries here atomically, so one replica decides each; if it dies, another takes the
+  entry when the lease ends. Its write of the decided call removes the entry;
+- `{mtt-N}:seen`: conf id -> last receipt time: the oldest is evicted at `--max-calls`.
 
 If Redis fails, notifications are correlated in local memory (the `Correlator` the default
 uses), `up` turns false, and the ticker probes Redis every second until it answers. A call
@@ -36,10 +37,11 @@ import itertools
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from .correlator import (
     Call,
@@ -57,7 +59,9 @@ from .model import Notification
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
     from redis.exceptions import NoScriptError, RedisError
 
@@ -67,34 +71,46 @@ except ImportError:  # the `redis` extra is not installed
 
 log = logging.getLogger("mtt_exporter")
 
+#: Shards of the key space; part of the key layout, so never changed.
+SHARDS = 16
 #: Redis keys outlive the call TTL by this much; replicas delete them at the TTL.
 KEY_TTL_MARGIN = 600.0
 #: A replica that claimed a due call has this long to decide it before another may.
 LEASE_SECONDS = 10.0
-#: Due calls claimed in one round trip, and rounds per tick at most.
-CLAIM_BATCH = 256
+#: Due calls claimed per shard in one round trip, and rounds per tick at most.
+CLAIM_BATCH = 64
 CLAIM_ROUNDS = 8
 #: Compare-and-set attempts before a notification is correlated locally instead.
 ATTEMPTS = 16
 #: Default socket timeouts: a hung Redis delays a notification by at most this.
 TIMEOUT_SECONDS = 1.0
-#: Notification updates and due calls handled at once (connections: their sum, plus one).
+#: Notification updates and due calls handled at once.
 MAX_IN_FLIGHT = 64
 EXPIRE_IN_FLIGHT = 16
 #: Calls whose last write by this replica is remembered, to write without reading first.
 CACHED_CALLS = 10_000
+#: URL schemes: a single endpoint, a Cluster (one node to start from), Sentinel.
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 
-# KEYS[1]: call; ARGV: expected token ("" = absent), new token, JSON ("" = delete), TTL ms.
-# Returns 1 when written, else the call as it is: {token, JSON} ({nil, nil}: none).
+# KEYS: call, due, seen, leased (one shard). ARGV: expected token ("" = no call), new token,
+# JSON ("" = delete), key TTL ms, conf id, due time, receipt time ("" = keep), "1" = release
+# the lease. Returns 1 when written, else the call as it is: {token, JSON} ({nil, nil}: none).
 _CAS = """
 local current = redis.call('HMGET', KEYS[1], 'v', 'd')
 if (current[1] or '') ~= ARGV[1] then return current end
-if ARGV[3] == '' then redis.call('DEL', KEYS[1]) return 1 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZADD', KEYS[2], 'LT', ARGV[6], ARGV[5])
+  if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], 'GT', ARGV[7], ARGV[5]) end
+end
+if ARGV[8] == '1' then redis.call('ZREM', KEYS[4], ARGV[5]) end
 return 1
 """
-# KEYS: due, leased; ARGV: now, lease end, most members. Expired leases first, then due.
+# KEYS: due, leased (one shard); ARGV: now, lease end, most members. Expired leases first.
 _CLAIM = """
 local limit = tonumber(ARGV[3])
 local claimed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, limit)
@@ -143,6 +159,38 @@ def masked_url(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     user = f"{parts.username}:" if parts.username else ":"
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
+def connect(url: str) -> Any:
+    """A client for `url`: redis[s]:// or unix:// (one endpoint), redis[s]+cluster://HOST:PORT
+    (any node of a Cluster), redis[s]+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]."""
+    options: dict[str, Any] = dict(
+        socket_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),  # a failure means fallback at once, not a wait
+        client_name="mtt-exporter",
+    )
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    base = scheme.partition("+")[0]
+    if scheme.endswith("+cluster"):
+        # a retry or two: a MOVED answer while the Cluster reshards is followed, not fatal
+        return RedisCluster.from_url(f"{base}://{rest}", **{**options, "retry": Retry(NoBackoff(), 2)})
+    if scheme.endswith("+sentinel"):
+        parts = urlsplit(f"{base}://{rest}")
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service:
+            raise ValueError("a Sentinel URL names the service: redis+sentinel://HOST:PORT/SERVICE[/DB]")
+        hosts = []
+        for node in parts.netloc.rpartition("@")[2].split(","):
+            host, _, port = node.rpartition(":")
+            hosts.append((host.strip("[]"), int(port or 26379)))
+        query = parse_qs(parts.query)
+        auth = {k: unquote(v) for k, v in (("username", parts.username), ("password", parts.password)) if v}
+        sentinel_auth = {"password": query["sentinel_password"][0]} if "sentinel_password" in query else {}
+        sentinel = Sentinel(hosts, sentinel_kwargs={**options, **sentinel_auth, "ssl": base == "rediss"}, **options)
+        return sentinel.master_for(service, db=int(db or 0), ssl=base == "rediss", **auth, **options)
+    return aioredis.Redis.from_url(url, max_connections=MAX_IN_FLIGHT + EXPIRE_IN_FLIGHT + 8, **options)
 
 
 def next_due(call: Call, ttl: float) -> float:
@@ -196,28 +244,43 @@ class Pipeliner:
             self._sender = None
 
 
+class _Shard:
+    """The keys of one shard."""
+
+    __slots__ = ("tag", "due", "leased", "seen")
+
+    def __init__(self, index: int) -> None:
+        self.tag = f"{{mtt-{index}}}"
+        self.due, self.leased, self.seen = (f"{self.tag}:{name}" for name in ("due", "leased", "seen"))
+
+
+SHARD_KEYS = tuple(_Shard(i) for i in range(SHARDS))
+
+
+def _member(conf_id: str) -> bytes:
+    # conf ids come from JSON and may hold lone surrogates: keep them, byte for byte
+    return conf_id.encode("utf-8", "surrogatepass")
+
+
+def _pair(reply: list) -> tuple[bytes, float]:
+    """(member, score) of a one-entry ZRANGE WITHSCORES reply, RESP3 [[m, s]] or RESP2 [m, s]."""
+    member, score = reply[0] if isinstance(reply[0], list) else reply
+    return member, float(score)
+
+
 class SharedState:
     """Calls on Redis/Valkey, with `local` (this process's correlator) as the fallback."""
 
-    def __init__(self, url: str, local: Correlator, prefix: str = "mtt") -> None:
+    def __init__(self, url: str, local: Correlator) -> None:
         if aioredis is None:
             raise RuntimeError("--state-backend needs the redis package: pip install 'mtt-call-exporter[redis]'")
         self.url = url
         self.local = local
         self.ttl, self.grace, self.max_calls = local.ttl, local.grace, local.max_calls
         self.stats = BackendStats()
-        self.redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=TIMEOUT_SECONDS,
-            socket_connect_timeout=TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),  # a failure means fallback at once, not a wait
-            client_name="mtt-exporter",
-            max_connections=MAX_IN_FLIGHT + EXPIRE_IN_FLIGHT + 1,
-        )
-        self._gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.redis = connect(url)
         self._pipe = Pipeliner(self.redis)
-        self._prefix = prefix
-        self._due, self._leased, self._seen = (f"{prefix}:{{index}}:{name}" for name in ("due", "leased", "seen"))
+        self._gate = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._key_ttl_ms = int((self.ttl + KEY_TTL_MARGIN) * 1000)
         self._tokens = (f"{os.urandom(4).hex()}.{i}".encode() for i in itertools.count())
         self._sha: dict[str, str] = {}
@@ -231,9 +294,14 @@ class SharedState:
         """True while Redis answers; false while correlating in local memory."""
         return self.stats.up
 
-    def key(self, conf_id: str) -> str:
+    @staticmethod
+    def shard(conf_id: str) -> _Shard:
+        """The shard of a call: stable across processes and versions."""
+        return SHARD_KEYS[zlib.crc32(_member(conf_id)) % SHARDS]
+
+    def key(self, conf_id: str) -> bytes:
         """The Redis key of one call."""
-        return f"{self._prefix}:call:{{{conf_id}}}"
+        return f"{self.shard(conf_id).tag}:call:".encode() + _member(conf_id)
 
     # --- notifications ----------------------------------------------------------------
 
@@ -269,41 +337,28 @@ class SharedState:
 
     async def _update(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
         conf_id = n.conf_id
-        key = self.key(conf_id)
         token, data = self._written.get(conf_id, (b"", None))  # the guess
         evicted: list[Fact] = []
         if data is None and self.stats.calls >= self.max_calls:  # evict only for a call that is new
-            token, data = await self._read(key)
+            token, data = await self._read(conf_id)
             if data is None:
                 evicted = await self._evict()
         for _ in range(ATTEMPTS):
             call = self._decode(data)
             facts: list[Fact] = []
             if call is None:
-                call, old_due = Call(now), None
+                call, new = Call(now), True
                 facts.append(CallStarted())
             else:
-                old_due = next_due(call, self.ttl)
+                new = False
             duplicate, more = apply(call, n, now, self.grace)
-            facts += more
-            due = next_due(call, self.ttl)
-            write, written = self._cas(key, token, call)
-            commands = [write, ("ZADD", self._seen, "GT", now, conf_id)]
-            if old_due is None or due < old_due:
-                commands.insert(0, ("ZADD", self._due, "LT", due, conf_id))  # before the write: never late
-            result = (await self._pipe.send(*commands))[-2]
+            result = await self._write(conf_id, token, call, seen=now)
             if result == 1:
-                self._remember(conf_id, written)
-                if old_due is None:
+                if new:
                     self.stats.calls += 1
-                return duplicate, facts + evicted
-            if isinstance(result, NoScriptError):
-                await self._load_scripts()
-            elif isinstance(result, Exception):
-                raise result
-            else:  # the call as it is now
-                token, data = result
-                self.stats.retries += 1
+                return duplicate, facts + more + evicted
+            token, data = result  # the call as it is now
+            self.stats.retries += 1
         raise Contended
 
     # --- decisions due: grace periods, TTL, capacity ----------------------------------
@@ -316,34 +371,41 @@ class SharedState:
         facts: list[Fact] = []
         try:
             for _ in range(CLAIM_ROUNDS):
-                claimed = await self._script("claim", [self._due, self._leased], [now, now + LEASE_SECONDS, CLAIM_BATCH])
-                members = sorted(set(claimed))
-                results: list = []
+                claims = await self._pipe.send(*(
+                    ("EVALSHA", self._sha.get("claim", "0"), 2, s.due, s.leased, now, now + LEASE_SECONDS, CLAIM_BATCH)
+                    for s in SHARD_KEYS
+                ))
+                if any(isinstance(c, NoScriptError) for c in claims):
+                    await self._load_scripts()
+                    continue
+                for claimed in claims:
+                    if isinstance(claimed, Exception):
+                        raise claimed
+                members = sorted({m.decode("utf-8", "surrogatepass") for claimed in claims for m in claimed})
                 for i in range(0, len(members), EXPIRE_IN_FLIGHT):
-                    results += await asyncio.gather(
-                        *(self._expire_call(m.decode(), now) for m in members[i:i + EXPIRE_IN_FLIGHT]),
-                        return_exceptions=True,
+                    results = await asyncio.gather(
+                        *(self._decide(m, now) for m in members[i:i + EXPIRE_IN_FLIGHT]), return_exceptions=True
                     )
-                facts += (fact for r in results if not isinstance(r, BaseException) for fact in r)
-                for result in results:  # a contended call stays leased: retried when the lease ends
-                    if isinstance(result, BaseException) and not isinstance(result, Contended):
-                        raise result
-                if len(claimed) < CLAIM_BATCH:
+                    facts += (fact for r in results if not isinstance(r, BaseException) for fact in r)
+                    for result in results:  # a contended call stays leased: retried when the lease ends
+                        if isinstance(result, BaseException) and not isinstance(result, Contended):
+                            raise result
+                if all(len(claimed) < CLAIM_BATCH for claimed in claims):
                     break
-            self.stats.calls = await self.redis.zcard(self._seen)
+            self.stats.calls = await self._count()
         except BACKEND_ERRORS as error:
             self._failed(BackendOperation.EXPIRE, error)
         return facts
 
-    async def _expire_call(self, conf_id: str, now: float) -> list[Fact]:
-        """The decisions due for one claimed call, written; then its next due time indexed."""
-        key = self.key(conf_id)
-        token, data = await self._read(key)
+    async def _decide(self, conf_id: str, now: float) -> list[Fact]:
+        """The decisions due for one claimed call, written (which releases the claim)."""
+        token, data = await self._read(conf_id)
         for _ in range(ATTEMPTS):
             call = self._decode(data)
             facts: list[Fact] = []
             if call is None:
-                await self._finish(conf_id, None)
+                shard = self.shard(conf_id)
+                await self._pipe.send(("ZREM", shard.leased, _member(conf_id)))
                 return facts
             if call.deadline is not None and call.deadline <= now:
                 settle(call, conf_id, now, facts)
@@ -351,32 +413,34 @@ class SharedState:
             gone = call.last_seen + self.ttl <= now
             if gone:
                 drop(call, conf_id, EvictionReason.TTL, facts)
-            result, written = await self._write(key, token, None if gone else call)
+            # written even if unchanged: the write re-indexes the call, in the same step
+            result = await self._write(conf_id, token, None if gone else call, release=True)
             if result == 1:
-                self._remember(conf_id, written)
-                await self._finish(conf_id, None if gone else next_due(call, self.ttl))
                 return facts
             token, data = result
             self.stats.retries += 1
         raise Contended
 
     async def _evict(self) -> list[Fact]:
-        """At --max-calls: drop the call seen longest ago (claimed by ZPOPMIN: one replica)."""
+        """At --max-calls: drop the call seen longest ago (of the shards' oldest), claimed
+        by ZREM so that one replica drops it."""
+        heads = await self._pipe.send(*(("ZRANGE", s.seen, 0, 0, "WITHSCORES") for s in SHARD_KEYS))
+        entries = [_pair(head) for head in heads if isinstance(head, list) and head]
         facts: list[Fact] = []
-        for member, _ in await self.redis.zpopmin(self._seen):
-            conf_id = member.decode()
-            key = self.key(conf_id)
-            token, data = await self._read(key)
-            call = self._decode(data)
-            if call is None:
-                continue
-            more: list[Fact] = []
-            drop(call, conf_id, EvictionReason.CAPACITY, more)
-            result, written = await self._write(key, token, None)
-            if result == 1:  # else it was written meanwhile: it lives on
-                self._remember(conf_id, written)
-                self.stats.calls -= 1
-                facts += more
+        if not entries:
+            return facts
+        member = min(entries, key=lambda entry: entry[1])[0]
+        conf_id = member.decode("utf-8", "surrogatepass")
+        (removed,) = await self._pipe.send(("ZREM", self.shard(conf_id).seen, member))
+        if removed != 1:
+            return facts  # another replica took it
+        token, data = await self._read(conf_id)
+        call = self._decode(data)
+        if call is not None:
+            drop(call, conf_id, EvictionReason.CAPACITY, facts)
+            if await self._write(conf_id, token, None) != 1:
+                return []  # written meanwhile: it lives on
+            self.stats.calls -= 1
         return facts
 
     # --- Redis plumbing -----------------------------------------------------------------
@@ -393,56 +457,45 @@ class SharedState:
             log.warning("damaged call in the state backend, replaced", extra={"error": str(error)[:200]})
             return None
 
-    def _cas(self, key: str, token: bytes | None, call: Call | None) -> tuple[tuple[object, ...], tuple[bytes, bytes | None]]:
-        """The compare-and-set of `call` (None: delete) over `token`, and what it writes:
-        (new token, JSON)."""
-        data = None if call is None else json.dumps(call_to_dict(call), separators=(",", ":")).encode()
-        new = next(self._tokens)
-        return ("EVALSHA", self._sha.get("cas", "0"), 1, key, token or b"", new, data or b"", self._key_ttl_ms), (new, data)
-
-    async def _read(self, key: str) -> tuple[bytes | None, bytes | None]:
-        (result,) = await self._pipe.send(("HMGET", key, "v", "d"))
+    async def _read(self, conf_id: str) -> tuple[bytes | None, bytes | None]:
+        (result,) = await self._pipe.send(("HMGET", self.key(conf_id), "v", "d"))
         if isinstance(result, Exception):
             raise result
         return result[0], result[1]
 
-    async def _write(self, key: str, token: bytes | None, call: Call | None) -> tuple[Any, tuple[bytes, bytes | None]]:
-        """The compare-and-set alone: (1 or the call as it is now, what it wrote)."""
+    async def _write(self, conf_id: str, token: bytes | None, call: Call | None,
+                     seen: float | None = None, release: bool = False) -> Any:
+        """Compare-and-set `call` (None: delete) over `token`, indexing its next due time;
+        1 if written, else the call as it is now: [token, JSON]."""
+        shard, member = self.shard(conf_id), _member(conf_id)
+        data = b"" if call is None else json.dumps(call_to_dict(call), separators=(",", ":")).encode()
+        new = next(self._tokens)
+        due = "" if call is None else next_due(call, self.ttl)
         for _ in range(2):
-            command, written = self._cas(key, token, call)
-            (result,) = await self._pipe.send(command)
+            (result,) = await self._pipe.send((
+                "EVALSHA", self._sha.get("cas", "0"), 4, self.key(conf_id), shard.due, shard.seen, shard.leased,
+                token or b"", new, data, self._key_ttl_ms, member, due, "" if seen is None else seen, int(release),
+            ))
             if not isinstance(result, NoScriptError):
                 break
-            await self._load_scripts()
+            await self._load_scripts()  # Redis restarted, or failed over to a node without it
         if isinstance(result, Exception):
             raise result
-        return result, written
+        if result == 1:
+            cache = self._written
+            cache.pop(conf_id, None)
+            if data:
+                cache[conf_id] = (new, data)
+                if len(cache) > CACHED_CALLS:
+                    del cache[next(iter(cache))]
+        return result
 
-    async def _finish(self, conf_id: str, due: float | None) -> None:
-        """Release the claim on a decided call and index its next due time; forget a call gone."""
-        commands: list[tuple[object, ...]] = [("ZREM", self._leased, conf_id)]
-        if due is None:
-            commands.append(("ZREM", self._seen, conf_id))
-        else:
-            commands.append(("ZADD", self._due, "LT", due, conf_id))
-        for result in await self._pipe.send(*commands):
-            if isinstance(result, Exception):
-                raise result
-
-    def _remember(self, conf_id: str, written: tuple[bytes, bytes | None]) -> None:
-        cache = self._written
-        cache.pop(conf_id, None)
-        if written[1] is not None:
-            cache[conf_id] = written  # type: ignore[assignment]
-            if len(cache) > CACHED_CALLS:
-                del cache[next(iter(cache))]
-
-    async def _script(self, name: str, keys: list[str], args: list[object]) -> Any:
-        try:
-            return await self.redis.evalsha(self._sha.get(name, "0"), len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted, or failed over to a replica without the script
-            await self._load_scripts()
-            return await self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+    async def _count(self) -> int:
+        counts = await self._pipe.send(*(("ZCARD", s.seen) for s in SHARD_KEYS))
+        for count in counts:
+            if isinstance(count, Exception):
+                raise count
+        return sum(counts)
 
     async def _load_scripts(self) -> None:
         for name, source in _SCRIPTS.items():
@@ -450,10 +503,12 @@ class SharedState:
 
     async def _probe(self) -> None:
         try:
-            await self.redis.connection_pool.disconnect()  # none of the broken connections is reused
+            pool = getattr(self.redis, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect()  # none of the broken connections is reused
             await self.redis.ping()
             await self._load_scripts()
-            self.stats.calls = await self.redis.zcard(self._seen)
+            self.stats.calls = await self._count()
         except BACKEND_ERRORS as error:
             self.stats.errors[BackendOperation.PING] += 1
             log.debug("state backend still unreachable", extra={"error": str(error)})
@@ -478,5 +533,8 @@ class SharedState:
                         extra={"backend": masked_url(self.url)})
 
     async def close(self) -> None:
-        """Close the connections."""
+        """Close the connections (to the Sentinels too)."""
+        sentinel = getattr(getattr(self.redis, "connection_pool", None), "sentinel_manager", None)
+        for client in sentinel.sentinels if sentinel is not None else ():
+            await client.aclose()
         await self.redis.aclose()

@@ -22,10 +22,12 @@ from exporter.correlator import (
 )
 from exporter.server import METRICS
 from exporter.settings import Settings
-from exporter.state import LEASE_SECONDS, SharedState, masked_url
+from exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SharedState, masked_url
 
+from .conftest import need_binary
 from .process import free_port
-from .test_correlator import B1, NOW, SCENARIOS, SEED, calls, durations, legs, note, run
+from .redis_server import RedisClusterNodes, RedisSentinel
+from .test_correlator import B1, NOW, SCENARIOS, SEED, SEED_DURATIONS, calls, durations, legs, note, run
 
 GRACE, TTL = 15.0, 3600.0
 
@@ -156,7 +158,9 @@ async def test_lease_of_a_replica_that_died_is_taken_over(pair):
     await a.apply(note("o", 0, B1), NOW)
     await a.apply(note("h", 3, B1, side="B", cause=17), NOW)
     # a claims the call as its tick would, then dies before deciding it
-    assert await a._script("claim", [a._due, a._leased], [NOW + GRACE, NOW + GRACE + LEASE_SECONDS, 10]) == [b"C1"]
+    shard = a.shard("C1")
+    claim = a.redis.register_script(_CLAIM)
+    assert await claim([shard.due, shard.leased], [NOW + GRACE, NOW + GRACE + LEASE_SECONDS, 10]) == [b"C1"]
     assert await b.expire(NOW + GRACE + 1) == []
     assert calls(await b.expire(NOW + GRACE + LEASE_SECONDS)) == {"unanswered": 1}
 
@@ -169,7 +173,7 @@ async def test_capacity_evicts_the_call_seen_longest_ago(redis_server):
         facts += (await state.apply(note("o", 0, B1, conf=conf), NOW + i))[1]
     assert [f for f in facts if isinstance(f, Evicted)] == [Evicted(EvictionReason.CAPACITY)]
     assert legs(facts) == {"expired": 1} and calls(facts) == {"expired": 1}
-    assert sorted(await state.redis.zrange(state._seen, 0, -1)) == [b"B", b"C"]
+    assert {m for shard in SHARD_KEYS for m in await state.redis.zrange(shard.seen, 0, -1)} == {b"B", b"C"}
     assert await state.redis.exists(state.key("A")) == 0
     await state.close()
 
@@ -251,3 +255,76 @@ async def test_damaged_call_in_redis_is_replaced(pair):
     duplicate, facts = await a.apply(note("o", 0, B1), NOW)
     assert facts == [CallStarted()] and not duplicate
     assert json.loads(await a.redis.hget(a.key("C1"), "d"))["legs"] == {B1: [0.0, None, None, None, None, "unknown", False]}
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    nodes = RedisClusterNodes(need_binary("redis-server"), tmp_path)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+async def test_two_replicas_on_a_redis_cluster(redis_cluster):
+    import redis
+
+    states = [SharedState(redis_cluster.url, Correlator(ttl=TTL, grace=GRACE)) for _ in range(2)]
+    for state in states:
+        await state.start()
+        assert state.up
+    facts = (await replay(states, SEED))[0]
+    for i in range(40):
+        facts += (await states[i % 2].apply(note("o", 0, B1, conf=f"K{i}"), NOW))[1]
+        facts += (await states[(i + 1) % 2].apply(note("h", 3, B1, side="B", cause=17, conf=f"K{i}"), NOW))[1]
+    facts += sum(await asyncio.gather(*(state.expire(NOW + GRACE) for state in states)), [])
+    assert durations(facts)[:1] == [("answered", "", 89.0)]
+    assert calls(facts) == {"answered": 1, "unanswered": 40}
+    holding = []
+    for port in redis_cluster.ports:
+        with redis.Redis(port=port) as node:
+            holding.append(node.dbsize())
+    assert sum(1 for keys in holding if keys) >= 2, holding  # the shards spread over the nodes
+    for state in states:
+        await state.close()
+
+
+async def test_sentinel_failover_costs_only_the_notifications_in_between(tmp_path):
+    sentinel = RedisSentinel(need_binary("redis-server"), tmp_path)
+    try:
+        sentinel.start()
+        state = SharedState(sentinel.url, Correlator(ttl=TTL, grace=GRACE))
+        await state.start()
+        assert state.up
+        facts = []
+        for _, n in SEED[:4]:  # sp, ep, o, s of the seed call
+            facts += (await state.apply(n, NOW))[1]
+        with sentinel.primary.client() as primary:
+            assert primary.wait(1, 5000) == 1  # the replica has it
+        sentinel.primary.stop()
+        lost = (await state.apply(note("o", 0, B1, conf="DURING"), NOW))[1]  # correlated locally
+        assert not state.up and lost == [CallStarted()]
+        deadline = asyncio.get_running_loop().time() + 20
+        while not state.up:  # the ticker's probe asks the Sentinel for the new primary
+            assert asyncio.get_running_loop().time() < deadline, "no failover"
+            await asyncio.sleep(0.2)
+            await state.expire(NOW)
+        for _, n in SEED[4:]:  # the rest of the seed call, on the promoted replica
+            facts += (await state.apply(n, NOW))[1]
+        assert durations(facts) == SEED_DURATIONS and calls(facts) == {"answered": 1}
+        with sentinel.replica.client() as promoted:
+            assert promoted.exists(state.key(SEED[0][1].conf_id)) == 1
+        assert state.stats.fallbacks == 1
+        await state.close()
+    finally:
+        sentinel.stop()
+
+
+async def test_call_id_that_is_not_valid_utf8_is_kept_byte_for_byte(pair):
+    a, b = pair
+    odd = "X\udcff"  # a lone surrogate, as JSON can carry it
+    await a.apply(note("o", 0, B1, conf=odd), NOW)
+    facts = (await b.apply(note("h", 3, B1, side="B", cause=17, conf=odd), NOW))[1]
+    assert not any(isinstance(f, CallStarted) for f in facts)  # b found a's call
+    assert calls(await a.expire(NOW + GRACE)) == {"unanswered": 1}
