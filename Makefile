@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps lint clean golden
+.PHONY: run test system-deps lint clean golden dashboards
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -15,6 +15,10 @@ test: $(VENV)/.test-installed system-deps
 # Regenerate the golden exposition after an intended change of the metrics.
 golden: $(VENV)/.test-installed
 	$(PY) -m pytest tests/test_golden.py --update-golden
+
+# Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table (stdlib only).
+dashboards:
+	$(PYTHON) dashboards/generate.py
 
 # promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
 system-deps:

@@ -1,0 +1,347 @@
+"""Prometheus rules: `promtool check rules`, and `promtool test rules` on crafted traffic.
+
+Each scenario is one job's traffic, minute by minute, over two days (or eight, for the alerts
+that compare with a week ago): business hours 08:00-20:00 with a normal mix of leg outcomes,
+quiet nights, and an incident. At every evaluation time the test states the complete set of
+firing alerts, so every alert is proven to fire on its incident and to stay silent on normal
+traffic, at night and on the other incidents. The promtool test files are written from these
+tables (multi-day series are impractical by hand); expected annotations are the rule's own
+templates filled with the values computed here by hand.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+import yaml
+
+from exporter.cause import cause_class, cause_name
+
+from .grafana import ROOT, RULE_FILES
+
+RUNBOOK = ROOT / "docs" / "runbook.md"
+INSTANCE = "exporter:9888"
+DAY = 24 * 60
+
+
+def at(day: int, hour: int, minute: int = 0) -> int:
+    """Minutes since the start of a scenario."""
+    return day * DAY + hour * 60 + minute
+
+
+def business(minute: int) -> bool:
+    return at(0, 8) <= minute % DAY < at(0, 20)
+
+
+# --- traffic -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mix:
+    """What one job's exporter counts per minute while traffic flows."""
+
+    #: (leg outcome, hangup cause) -> legs per minute; every leg has an o and an h, answered ones an s
+    legs: dict[tuple[str, int], int]
+    rejected: dict[str, int] = field(default_factory=dict)
+    evicted_capacity: int = 0
+    #: notifications arrive ~a minute late instead of within a second
+    slow: bool = False
+
+    def with_legs(self, **changes: int) -> Mix:
+        """A copy with legs changed, e.g. answered_16=2, no_answer_19=14."""
+        legs = dict(self.legs)
+        for key, count in changes.items():
+            outcome, _, cause = key.rpartition("_")
+            legs[(outcome, int(cause))] = count
+        return replace(self, legs=legs)
+
+
+#: 23 legs a minute: 12 answered, 4 busy, 4 not answered, 2 parallel-ringing losers, 1 network failure
+NORMAL = Mix({("answered", 16): 12, ("busy", 17): 4, ("no_answer", 19): 4, ("not_selected", 26): 2,
+              ("network_failure", 41): 1})
+QUIET = Mix({})
+REJECTED_REASON = "unauthorized"
+DELAY_BUCKETS = ("1", "60", "+Inf")
+
+
+def counters(mix: Mix) -> dict[str, float]:
+    """Series (without job/instance) -> increment per minute."""
+    out: dict[str, float] = defaultdict(float)
+    attempts = answers = 0
+    for (outcome, cause), n in mix.legs.items():
+        attempts += n
+        answers += n if outcome == "answered" else 0
+        out[f'mtt_call_legs_total{{outcome="{outcome}"}}'] += n
+        out[f'mtt_call_hangups_total{{cause="{cause}", cause_name="{cause_name(cause)}", '
+            f'cause_class="{cause_class(cause).value}", side="B"}}'] += n
+    out["mtt_call_attempts_total"] += attempts
+    out["mtt_call_answers_total"] += answers
+    for event, n in (("originate", attempts), ("answer", answers), ("hangup", attempts)):
+        out[f'mtt_notifications_total{{event="{event}"}}'] += n
+    accepted = 2 * attempts + answers
+    for le in DELAY_BUCKETS:
+        out[f'mtt_notification_delay_seconds_bucket{{le="{le}"}}'] += 0 if mix.slow and le == "1" else accepted
+    out[f'mtt_notifications_rejected_total{{reason="{REJECTED_REASON}"}}'] += mix.rejected.get(REJECTED_REASON, 0)
+    out['mtt_calls_evicted_total{reason="capacity"}'] += mix.evicted_capacity
+    return out
+
+
+def labelled(series: str, job: str) -> str:
+    name, _, rest = series.partition("{")
+    extra = ", " + rest.rstrip("}") if rest else ""
+    return f'{name}{{job="{job}", instance="{INSTANCE}"{extra}}}'
+
+
+# --- expectations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Firing:
+    """An alert expected to fire: its alert-specific labels and its $value as Prometheus formats it."""
+
+    alert: str
+    value: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def hangup_labels(cause: int) -> tuple[tuple[str, str], ...]:
+    return (("cause", str(cause)), ("cause_class", cause_class(cause).value), ("cause_name", cause_name(cause)))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One job: what flows each minute, whether it is up, and what fires when (nothing at other checks)."""
+
+    name: str
+    days: int
+    traffic: Callable[[int], Mix]
+    firing: dict[int, list[Firing]]
+    up: Callable[[int], bool] = lambda minute: True
+
+    def input_series(self) -> list[dict]:
+        minutes = range(at(self.days, 0) + 1)
+        increments = [counters(self.traffic(minute)) for minute in minutes]
+        names = sorted(set(counters(NORMAL)).union(*increments))
+        totals = dict.fromkeys(names, 0.0)
+        values: dict[str, list[float | None]] = {name: [] for name in names}
+        health = [self.up(minute) for minute in minutes]
+        for up, increment in zip(health, increments):
+            for name in names:
+                totals[name] += increment.get(name, 0)
+                values[name].append(totals[name] if up else None)
+        series = [{"series": labelled(name, self.name), "values": encode(values[name])} for name in names]
+        series.append({"series": labelled("up", self.name), "values": encode([float(u) for u in health])})
+        series.append({"series": labelled('mtt_exporter_build_info{version="0.1.0"}', self.name),
+                       "values": encode([1.0 if u else None for u in health])})
+        return series
+
+
+def encode(values: list[float | None]) -> str:
+    """promtool's expanding notation: runs of a constant step as 'a+bxn', gaps as 'stale _xn'."""
+    out: list[str] = []
+    i = 0
+    while i < len(values):
+        if values[i] is None:
+            j = i
+            while j < len(values) and values[j] is None:
+                j += 1
+            out.append("stale" + (f" _x{j - i - 1}" if j - i > 1 else ""))
+            i = j
+            continue
+        j = i
+        step = values[i + 1] - values[i] if i + 1 < len(values) and values[i + 1] is not None else 0.0
+        while j + 1 < len(values) and values[j + 1] is not None and values[j + 1] - values[j] == step:
+            j += 1
+        out.append(f"{number(values[i])}{'+' if step >= 0 else '-'}{number(abs(step))}x{j - i}")
+        i = j + 1
+    return " ".join(out)
+
+
+def number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def business_days(incident: Mix | None = None, start: int = 0, end: int = 0) -> Callable[[int], Mix]:
+    """Normal traffic in business hours, with `incident` instead from minute `start` to `end`."""
+    return daytime(lambda m: incident if incident is not None and start <= m < end else NORMAL)
+
+
+def daytime(traffic: Callable[[int], Mix]) -> Callable[[int], Mix]:
+    """`traffic` in business hours, nothing at night."""
+    return lambda m: traffic(m) if business(m) else QUIET
+
+
+# --- the scenarios -----------------------------------------------------------------------
+
+D1 = 1  # incidents happen on the second day, after a normal first day as baseline
+INCIDENT, INCIDENT_END = at(D1, 10), at(D1, 12)
+ASR_LOW = NORMAL.with_legs(answered_16=2, no_answer_19=14)  # staff stop answering
+ASR_DIP = NORMAL.with_legs(answered_16=8, no_answer_19=8)
+NIGHT_TRICKLE = Mix({("network_failure", 34): 1}, rejected={REJECTED_REASON: 1}, slow=True)
+CAUSE_34 = Firing("MttHangupCauseSpike", "30.3%", hangup_labels(34))  # 10 of 33 hangups a minute
+RESOURCES = Firing("MttHangupCauseClassSpike", "33.33%", (("cause_class", "resource_unavailable"),))  # 34 and 41
+
+#: Every day scenario is checked at all of these times: the night, before, during and after the incidents.
+DAY_CHECKS = (at(D1, 3), at(D1, 5, 55), at(D1, 9, 55), at(D1, 10, 30), at(D1, 11, 30), at(D1, 14))
+DAY_SCENARIOS = [
+    Scenario("idle", 2, lambda m: QUIET, {}),
+    Scenario(
+        # a failing call a minute, a token scanner and late notifications, all at night: below every guard
+        "night-trickle", 2,
+        lambda m: NIGHT_TRICKLE if at(D1, 0) <= m < at(D1, 6) else business_days()(m), {},
+    ),
+    # 15% of hangups are cause 41 all the time: above the floor, but normal for this job
+    Scenario("steady-failure", 2, daytime(lambda m: NORMAL.with_legs(network_failure_41=4)), {}),
+    Scenario(
+        "cause-spike", 2, business_days(NORMAL.with_legs(network_failure_34=10), INCIDENT, INCIDENT_END),
+        # after an hour the failures also pull the hour's ASR (12 of 31) below 70% of yesterday's (12 of 21)
+        {at(D1, 10, 30): [CAUSE_34, RESOURCES],
+         at(D1, 11, 30): [CAUSE_34, RESOURCES, Firing("MttAsrDrop", "38.71%")]},
+    ),
+    Scenario(
+        "asr-low", 2, business_days(ASR_LOW, INCIDENT, INCIDENT_END),
+        # ASR = 2 answered / 21 seizures; the 1-hour drop alert is still pending at 10:30
+        {at(D1, 10, 30): [Firing("MttAsrLow", "9.524%")],
+         at(D1, 11, 30): [Firing("MttAsrLow", "9.524%"), Firing("MttAsrDrop", "9.524%")]},
+    ),
+    # 8 of 21 seizures answered against 12 yesterday: above the floor, far below the day before
+    Scenario("asr-drop", 2, business_days(ASR_DIP, INCIDENT, INCIDENT_END),
+             {at(D1, 11, 30): [Firing("MttAsrDrop", "38.1%")]}),
+    Scenario(
+        # 5 refused a minute against 58 accepted
+        "rejected", 2, business_days(replace(NORMAL, rejected={REJECTED_REASON: 5}), INCIDENT, INCIDENT_END),
+        {t: [Firing("MttNotificationsRejected", "7.937%", (("reason", REJECTED_REASON),))]
+         for t in (at(D1, 10, 30), at(D1, 11, 30))},
+    ),
+    # three calls evicted once, at 10:20: the alert resolves 15 minutes later
+    Scenario("evicted", 2, business_days(replace(NORMAL, evicted_capacity=3), at(D1, 10, 20), at(D1, 10, 21)),
+             {at(D1, 10, 30): [Firing("MttCallsEvictedCapacity", "3")]}),
+    Scenario(
+        # every notification lands in the 1-60 s bucket: p95 = 1 + 59 * 0.95
+        "delay", 2, business_days(replace(NORMAL, slow=True), INCIDENT, INCIDENT_END),
+        {t: [Firing("MttNotificationDelayHigh", "57.05s")] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+    ),
+    Scenario(
+        "down", 2, business_days(),
+        {t: [Firing("MttExporterDown", labels=(("instance", INSTANCE),))] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        up=lambda m: not INCIDENT <= m < INCIDENT_END,
+    ),
+]
+
+D7 = 7  # the week-long scenarios compare day 7 with day 0
+WEEK_CHECKS = (at(D7, 3), at(D7, 9, 45), at(D7, 10, 30), at(D7, 11, 45), at(D7, 14), at(D7, 16, 30),
+               at(D7, 20, 15), at(D7, 21), at(D7, 23))
+WEEK_SCENARIOS = [
+    Scenario("normal-week", 8, business_days(), {}),
+    Scenario(
+        # the feed dies at 10:00 on day 7; a week ago 58 notifications a minute arrived until 20:00
+        "feed-stopped", 8, business_days(QUIET, at(D7, 10), at(D7, 24)),
+        {t: [Firing("MttNotificationsStopped", "58")]
+         for t in (at(D7, 10, 30), at(D7, 11, 45), at(D7, 14), at(D7, 16, 30))},
+    ),
+    Scenario(
+        # ASR dips 10:00-12:00 on day 0 and day 7 (a weekly pattern: no alert), and 15:00-17:00 on day 7
+        "weekly-asr", 8,
+        daytime(lambda m: ASR_DIP if m % DAY in range(at(0, 10), at(0, 12)) and m // DAY in (0, D7)
+                or at(D7, 15) <= m < at(D7, 17) else NORMAL),
+        {at(D7, 16, 30): [Firing("MttAsrDrop", "38.1%")]},
+    ),
+]
+
+
+# --- promtool test files -----------------------------------------------------------------
+
+
+def load_alerts() -> dict[str, dict]:
+    groups = yaml.safe_load(RULE_FILES[1].read_text())["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+def fill(template: str, labels: dict[str, str], value: str) -> str:
+    """The rule's annotation with $labels and $value as Prometheus renders them (value given)."""
+    text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m[1]], template)
+    return re.sub(r"\{\{ \$value(?: \| \w+)? \}\}", value, text)
+
+
+def promtool_file(name: str, scenarios: list[Scenario], checks: tuple[int, ...], evaluation_interval: str) -> dict:
+    """One promtool test: each scenario a job; at every check time, exactly the alerts expected."""
+    alerts = load_alerts()
+    for s in scenarios:
+        assert set(s.firing) <= set(checks), s.name
+        assert {f.alert for fs in s.firing.values() for f in fs} <= alerts.keys(), s.name
+    tests = []
+    for minute in checks:
+        for alert, rule in alerts.items():
+            expected = []
+            for s in scenarios:
+                for f in (f for f in s.firing.get(minute, []) if f.alert == alert):
+                    labels = {"job": s.name, **dict(f.labels)}
+                    expected.append({
+                        "exp_labels": {**labels, **rule["labels"]},
+                        "exp_annotations": {k: fill(v, labels, f.value) for k, v in rule["annotations"].items()},
+                    })
+            tests.append({"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": expected})
+    series = [item for s in scenarios for item in s.input_series()]
+    # recording groups first: otherwise, when an alert group happens to run first, it sees the
+    # recorded series of the previous step, beyond the 5-minute lookback at a 15-minute step
+    groups = [g["name"] for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
+    return {"rule_files": [str(f) for f in RULE_FILES], "evaluation_interval": evaluation_interval,
+            "group_eval_order": groups,
+            "tests": [{"name": name, "interval": "1m", "input_series": series, "alert_rule_test": tests}]}
+
+
+def test_promtool_check_rules(promtool):
+    result = subprocess.run([promtool, "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout
+
+
+def test_promtool_unit_tests(promtool, tmp_path):
+    # the 2-day scenarios evaluate every 5 minutes, the week-long ones every 15 (promtool's cost is
+    # per evaluation); both files run at once
+    files = {"day": (DAY_SCENARIOS, DAY_CHECKS, "5m"), "week": (WEEK_SCENARIOS, WEEK_CHECKS, "15m")}
+    runs = {}
+    for name, (scenarios, checks, interval) in files.items():
+        path = tmp_path / f"{name}.yml"
+        path.write_text(yaml.safe_dump(promtool_file(name, scenarios, checks, interval), sort_keys=False,
+                                       width=1 << 16))
+        runs[name] = subprocess.Popen([promtool, "test", "rules", str(path)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    for name, run in runs.items():
+        output, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, f"{name}:\n{output}"
+
+
+def test_every_alert_fires_somewhere_and_scenarios_cover_quiet_times():
+    scenarios = DAY_SCENARIOS + WEEK_SCENARIOS
+    fired = {f.alert for s in scenarios for fs in s.firing.values() for f in fs}
+    assert fired == set(load_alerts())
+    assert {"idle", "night-trickle", "steady-failure", "normal-week"} <= {s.name for s in scenarios if not s.firing}
+    # every scenario is also checked at night, and once more after its incident (silent again)
+    for scenarios, checks in ((DAY_SCENARIOS, DAY_CHECKS), (WEEK_SCENARIOS, WEEK_CHECKS)):
+        assert any(not business(t) for t in checks)
+        assert all(max(checks) > max(s.firing, default=0) for s in scenarios)
+
+
+def test_encode_round_trip():
+    values = [0.0, 1.0, 2.0, 2.0, 2.0, None, None, None, 5.0, 3.0]
+    assert encode(values) == "0+1x2 2+0x1 stale _x2 5-2x1"
+
+
+def test_alerts_are_documented():
+    alerts = load_alerts()
+    headings = set(re.findall(r"^## (\w+)$", RUNBOOK.read_text(), re.M))
+    for name, rule in alerts.items():
+        assert rule["for"] and rule["labels"]["severity"] in ("critical", "warning"), name
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], name
+        assert annotations["runbook_url"].endswith(f"docs/runbook.md#{name.lower()}"), name
+        assert name in headings, f"docs/runbook.md has no section for {name}"
+        if name != "MttExporterDown":  # its value is up == 0; the instance says it all
+            assert "$value" in annotations["description"], name
