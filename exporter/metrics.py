@@ -197,6 +197,11 @@ class _BackendCollector(Collector):
             "mtt_state_backend_calls",
             "Calls held in the shared state backend, as of the last tick (the same on every replica: use max).",
             value=stats.calls)
+        yield GaugeMetricFamily(
+            "mtt_state_backend_calls_in_progress",
+            "Calls begun and not ended, counted in the shared state backend as of the last tick; "
+            "the same on every replica (use max), and unaffected by replica restarts.",
+            value=stats.in_progress)
         errors = CounterMetricFamily(
             "mtt_state_backend_errors", "Failed requests to the shared state backend, by operation.",
             labels=["operation"])

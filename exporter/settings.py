@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, FilePath, IPvAnyNetwork, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .state import SCHEMES
+from .state import check_url
 
 #: A repeatable flag (`--allow-cidr A --allow-cidr B`); in the environment a JSON list or
 #: comma-separated (`MTT_EXPORTER_ALLOW_CIDR=10.0.0.0/8,192.0.2.7`).
@@ -121,9 +121,7 @@ class Settings(BaseSettings):
     def _state_backend(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        scheme = value.get_secret_value().partition("://")[0].lower()
-        if scheme not in SCHEMES:
-            raise ValueError(f"expected a URL of scheme {', '.join(SCHEMES)}")
+        check_url(value.get_secret_value())
         return value
 
 

@@ -45,6 +45,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from .correlator import (
     Call,
+    CallEnded,
     CallStarted,
     Correlator,
     EvictionReason,
@@ -92,9 +93,10 @@ CACHED_CALLS = 10_000
 #: URL schemes: a single endpoint, a Cluster (one node to start from), Sentinel.
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 
-# KEYS: call, due, seen, leased (one shard). ARGV: expected token ("" = no call), new token,
-# JSON ("" = delete), key TTL ms, conf id, due time, receipt time ("" = keep), "1" = release
-# the lease. Returns 1 when written, else the call as it is: {token, JSON} ({nil, nil}: none).
+# KEYS: call, due, seen, leased, open (one shard). ARGV: expected token ("" = no call), new
+# token, JSON ("" = delete), key TTL ms, conf id, due time, receipt time ("" = keep), "1" =
+# release the lease, change of the calls in progress. Returns 1 when written, else the call
+# as it is: {token, JSON} ({nil, nil}: none).
 _CAS = """
 local current = redis.call('HMGET', KEYS[1], 'v', 'd')
 if (current[1] or '') ~= ARGV[1] then return current end
@@ -108,6 +110,7 @@ else
   if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], 'GT', ARGV[7], ARGV[5]) end
 end
 if ARGV[8] == '1' then redis.call('ZREM', KEYS[4], ARGV[5]) end
+if ARGV[9] ~= '0' and redis.call('INCRBY', KEYS[5], ARGV[9]) == 0 then redis.call('DEL', KEYS[5]) end
 return 1
 """
 # KEYS: due, leased (one shard); ARGV: now, lease end, most members. Expired leases first.
@@ -140,8 +143,10 @@ class BackendStats:
     """Plain counters of the shared backend, read by metrics.py at scrape time."""
 
     up: bool = False
-    #: calls in the shared backend, as of the last tick (the same on every replica)
+    #: calls in the shared backend, and those in progress, as of the last tick (the same
+    #: on every replica)
     calls: int = 0
+    in_progress: int = 0
     fallbacks: int = 0
     retries: int = 0
     errors: dict[BackendOperation, int] = field(default_factory=lambda: dict.fromkeys(BackendOperation, 0))
@@ -161,9 +166,51 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
+@dataclass(frozen=True)
+class SentinelURL:
+    """redis[s]+sentinel://[[user]:password@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB][?sentinel_password=...]"""
+
+    hosts: list[tuple[str, int]]
+    service: str
+    db: int
+    auth: dict[str, str]
+    sentinel_password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        scheme, _, rest = url.partition("://")
+        parts = urlsplit(f"redis://{rest}")
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service or (db and not db.isdigit()):
+            raise ValueError("a Sentinel URL names the service: redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]")
+        hosts = []
+        for node in parts.netloc.rpartition("@")[2].split(","):
+            host, _, port = node.rpartition(":") if ":" in node.rpartition("]")[2] else (node, "", "")
+            if not host or (port and not port.isdigit()):
+                raise ValueError(f"a Sentinel URL lists HOST:PORT, got {node!r}")
+            hosts.append((host.strip("[]"), int(port or 26379)))
+        auth = {k: unquote(v) for k, v in (("username", parts.username), ("password", parts.password)) if v}
+        password = parse_qs(parts.query).get("sentinel_password", [None])[0]
+        return cls(hosts, service, int(db or 0), auth, password, scheme.lower().startswith("rediss"))
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError unless `url` is a state backend URL `connect` takes."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"expected a URL of scheme {', '.join(SCHEMES)}")
+    if scheme.endswith("+sentinel"):
+        SentinelURL.parse(url)
+        return
+    parts = urlsplit(url)
+    _ = parts.port  # ValueError if not a number
+    if not (parts.path if scheme == "unix" else parts.hostname):
+        raise ValueError("the URL names no host" if scheme != "unix" else "the URL names no socket path")
+
+
 def connect(url: str) -> Any:
-    """A client for `url`: redis[s]:// or unix:// (one endpoint), redis[s]+cluster://HOST:PORT
-    (any node of a Cluster), redis[s]+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]."""
+    """A client for `url` (see SCHEMES), failing fast: no retries, short timeouts."""
     options: dict[str, Any] = dict(
         socket_timeout=TIMEOUT_SECONDS,
         socket_connect_timeout=TIMEOUT_SECONDS,
@@ -177,19 +224,10 @@ def connect(url: str) -> Any:
         # a retry or two: a MOVED answer while the Cluster reshards is followed, not fatal
         return RedisCluster.from_url(f"{base}://{rest}", **{**options, "retry": Retry(NoBackoff(), 2)})
     if scheme.endswith("+sentinel"):
-        parts = urlsplit(f"{base}://{rest}")
-        service, _, db = parts.path.strip("/").partition("/")
-        if not service:
-            raise ValueError("a Sentinel URL names the service: redis+sentinel://HOST:PORT/SERVICE[/DB]")
-        hosts = []
-        for node in parts.netloc.rpartition("@")[2].split(","):
-            host, _, port = node.rpartition(":")
-            hosts.append((host.strip("[]"), int(port or 26379)))
-        query = parse_qs(parts.query)
-        auth = {k: unquote(v) for k, v in (("username", parts.username), ("password", parts.password)) if v}
-        sentinel_auth = {"password": query["sentinel_password"][0]} if "sentinel_password" in query else {}
-        sentinel = Sentinel(hosts, sentinel_kwargs={**options, **sentinel_auth, "ssl": base == "rediss"}, **options)
-        return sentinel.master_for(service, db=int(db or 0), ssl=base == "rediss", **auth, **options)
+        s = SentinelURL.parse(url)
+        sentinel_auth = {"password": s.sentinel_password} if s.sentinel_password else {}
+        sentinel = Sentinel(s.hosts, sentinel_kwargs={**options, **sentinel_auth, "ssl": s.tls}, **options)
+        return sentinel.master_for(s.service, db=s.db, ssl=s.tls, **s.auth, **options)
     return aioredis.Redis.from_url(url, max_connections=MAX_IN_FLIGHT + EXPIRE_IN_FLIGHT + 8, **options)
 
 
@@ -247,11 +285,11 @@ class Pipeliner:
 class _Shard:
     """The keys of one shard."""
 
-    __slots__ = ("tag", "due", "leased", "seen")
+    __slots__ = ("tag", "due", "leased", "seen", "open")
 
     def __init__(self, index: int) -> None:
         self.tag = f"{{mtt-{index}}}"
-        self.due, self.leased, self.seen = (f"{self.tag}:{name}" for name in ("due", "leased", "seen"))
+        self.due, self.leased, self.seen, self.open = (f"{self.tag}:{name}" for name in ("due", "leased", "seen", "open"))
 
 
 SHARD_KEYS = tuple(_Shard(i) for i in range(SHARDS))
@@ -260,6 +298,11 @@ SHARD_KEYS = tuple(_Shard(i) for i in range(SHARDS))
 def _member(conf_id: str) -> bytes:
     # conf ids come from JSON and may hold lone surrogates: keep them, byte for byte
     return conf_id.encode("utf-8", "surrogatepass")
+
+
+def _opened(facts: list[Fact]) -> int:
+    """What facts change in the calls in progress: +1 a call started, -1 one ended."""
+    return sum(1 if isinstance(f, CallStarted) else -1 for f in facts if isinstance(f, CallStarted | CallEnded))
 
 
 def _pair(reply: list) -> tuple[bytes, float]:
@@ -352,7 +395,7 @@ class SharedState:
             else:
                 new = False
             duplicate, more = apply(call, n, now, self.grace)
-            result = await self._write(conf_id, token, call, seen=now)
+            result = await self._write(conf_id, token, call, _opened(facts + more), seen=now)
             if result == 1:
                 if new:
                     self.stats.calls += 1
@@ -392,7 +435,7 @@ class SharedState:
                             raise result
                 if all(len(claimed) < CLAIM_BATCH for claimed in claims):
                     break
-            self.stats.calls = await self._count()
+            await self._count()
         except BACKEND_ERRORS as error:
             self._failed(BackendOperation.EXPIRE, error)
         return facts
@@ -414,7 +457,7 @@ class SharedState:
             if gone:
                 drop(call, conf_id, EvictionReason.TTL, facts)
             # written even if unchanged: the write re-indexes the call, in the same step
-            result = await self._write(conf_id, token, None if gone else call, release=True)
+            result = await self._write(conf_id, token, None if gone else call, _opened(facts), release=True)
             if result == 1:
                 return facts
             token, data = result
@@ -438,7 +481,7 @@ class SharedState:
         call = self._decode(data)
         if call is not None:
             drop(call, conf_id, EvictionReason.CAPACITY, facts)
-            if await self._write(conf_id, token, None) != 1:
+            if await self._write(conf_id, token, None, _opened(facts)) != 1:
                 return []  # written meanwhile: it lives on
             self.stats.calls -= 1
         return facts
@@ -463,18 +506,19 @@ class SharedState:
             raise result
         return result[0], result[1]
 
-    async def _write(self, conf_id: str, token: bytes | None, call: Call | None,
+    async def _write(self, conf_id: str, token: bytes | None, call: Call | None, opened: int,
                      seen: float | None = None, release: bool = False) -> Any:
-        """Compare-and-set `call` (None: delete) over `token`, indexing its next due time;
-        1 if written, else the call as it is now: [token, JSON]."""
+        """Compare-and-set `call` (None: delete) over `token`, indexing its next due time and
+        adding `opened` to the calls in progress; 1 if written, else the call as it is now:
+        [token, JSON]."""
         shard, member = self.shard(conf_id), _member(conf_id)
         data = b"" if call is None else json.dumps(call_to_dict(call), separators=(",", ":")).encode()
         new = next(self._tokens)
         due = "" if call is None else next_due(call, self.ttl)
         for _ in range(2):
             (result,) = await self._pipe.send((
-                "EVALSHA", self._sha.get("cas", "0"), 4, self.key(conf_id), shard.due, shard.seen, shard.leased,
-                token or b"", new, data, self._key_ttl_ms, member, due, "" if seen is None else seen, int(release),
+                "EVALSHA", self._sha.get("cas", "0"), 5, self.key(conf_id), shard.due, shard.seen, shard.leased, shard.open,
+                token or b"", new, data, self._key_ttl_ms, member, due, "" if seen is None else seen, int(release), opened,
             ))
             if not isinstance(result, NoScriptError):
                 break
@@ -490,12 +534,14 @@ class SharedState:
                     del cache[next(iter(cache))]
         return result
 
-    async def _count(self) -> int:
-        counts = await self._pipe.send(*(("ZCARD", s.seen) for s in SHARD_KEYS))
+    async def _count(self) -> None:
+        """Calls held, and in progress, in the shared backend."""
+        counts = await self._pipe.send(*(("ZCARD", s.seen) for s in SHARD_KEYS), *(("GET", s.open) for s in SHARD_KEYS))
         for count in counts:
             if isinstance(count, Exception):
                 raise count
-        return sum(counts)
+        self.stats.calls = sum(counts[:SHARDS])
+        self.stats.in_progress = sum(int(count or 0) for count in counts[SHARDS:])
 
     async def _load_scripts(self) -> None:
         for name, source in _SCRIPTS.items():
@@ -508,7 +554,7 @@ class SharedState:
                 await pool.disconnect()  # none of the broken connections is reused
             await self.redis.ping()
             await self._load_scripts()
-            self.stats.calls = await self._count()
+            await self._count()
         except BACKEND_ERRORS as error:
             self.stats.errors[BackendOperation.PING] += 1
             log.debug("state backend still unreachable", extra={"error": str(error)})

@@ -150,6 +150,7 @@ async def test_random_split_sums_to_the_truth(replicas):
     assert diff(workload.truth, exposition, baseline) == []
     assert value(exposition, "mtt_state_backend_retries_total") > 0  # the replicas wrote the same calls
     assert value(exposition, "mtt_state_backend_fallbacks_total") == 0
+    assert value(exposition, "mtt_state_backend_calls_in_progress") == 0
 
 
 async def test_redis_restart_costs_only_the_calls_it_touched(replicas, redis_server):

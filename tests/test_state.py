@@ -22,7 +22,7 @@ from exporter.correlator import (
 )
 from exporter.server import METRICS
 from exporter.settings import Settings
-from exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SharedState, masked_url
+from exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
 
 from .conftest import need_binary
 from .process import free_port
@@ -89,6 +89,8 @@ async def test_scenario_on_two_replicas(pair, case):
     started = sum(isinstance(f, CallStarted) for f in facts)
     assert started - sum(isinstance(f, CallEnded) for f in facts) == case.get("in_progress", 0)
     assert started == 1
+    await pair[0]._count()  # as the tick does
+    assert pair[0].stats.in_progress == case.get("in_progress", 0)
     assert all(state.stats.fallbacks == 0 for state in pair)
 
 
@@ -230,8 +232,14 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
         pytest.param("redis://h:6379/0", True, id="redis"),
         pytest.param("rediss://:pw@h:6380/1", True, id="TLS with password"),
         pytest.param("unix:///run/redis.sock", True, id="unix socket"),
+        pytest.param("redis+cluster://h:7000", True, id="cluster"),
+        pytest.param("redis+sentinel://:pw@h1:26379,[::1]:26380,h3/mymaster/2", True, id="sentinels"),
         pytest.param("http://h:6379", False, id="wrong scheme"),
         pytest.param("h:6379", False, id="no scheme"),
+        pytest.param("redis://h:port/0", False, id="port not a number"),
+        pytest.param("redis:///0", False, id="no host"),
+        pytest.param("redis+sentinel://h:26379", False, id="sentinel without service"),
+        pytest.param("redis+sentinel://h:x/mymaster", False, id="sentinel port not a number"),
     ],
 )
 def test_state_backend_setting(url, ok):
@@ -328,3 +336,9 @@ async def test_call_id_that_is_not_valid_utf8_is_kept_byte_for_byte(pair):
     facts = (await b.apply(note("h", 3, B1, side="B", cause=17, conf=odd), NOW))[1]
     assert not any(isinstance(f, CallStarted) for f in facts)  # b found a's call
     assert calls(await a.expire(NOW + GRACE)) == {"unanswered": 1}
+
+
+def test_sentinel_url():
+    parsed = SentinelURL.parse("rediss+sentinel://u:p%40ss@h1:26379,[::1]:26380,h3/mymaster/2?sentinel_password=s")
+    assert parsed == SentinelURL([("h1", 26379), ("::1", 26380), ("h3", 26379)], "mymaster", 2,
+                                 {"username": "u", "password": "p@ss"}, "s", True)
