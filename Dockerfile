@@ -4,7 +4,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# with the redis extra: the image can share call state (--state-backend)
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[redis]"
 
 # Stage 2: run it as a fixed non-root uid.
 FROM python:3.11-slim

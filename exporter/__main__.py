@@ -15,6 +15,7 @@ from aiohttp import web
 from . import __version__, log as logsetup
 from .server import create_app, create_metrics_app, drain, runner_options, ssl_context
 from .settings import Settings, load, split_host_port
+from .state import masked_url
 
 log = logging.getLogger("mtt_exporter")
 
@@ -42,7 +43,8 @@ async def serve(settings: Settings) -> None:
             "listening",
             extra={"version": __version__, "listen": settings.listen, "metrics_listen": settings.metrics_listen,
                    "token": "set" if settings.token else "none", "tls": tls is not None,
-                   "state_file": str(settings.state_path) if settings.state_path else None},
+                   "state_file": str(settings.state_path) if settings.state_path else None,
+                   "state_backend": masked_url(settings.state_backend.get_secret_value()) if settings.state_backend else "memory"},
         )
         if settings.token is None:
             log.warning("no --token set: anyone who can reach the listener can post notifications")

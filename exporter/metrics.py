@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from . import __version__
 from .cause import CAUSE_MAX, LegOutcome, cause_class, cause_label, cause_name
@@ -27,6 +29,7 @@ from .correlator import (
     RingOutcome,
 )
 from .model import Conflict, EventType, Notification, Reason, Side
+from .state import BackendOperation, BackendStats
 
 #: Notification delay: MTT posts within seconds; minutes mean a backlog.
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 900)
@@ -172,3 +175,44 @@ class Metrics:
             "Calls held in memory: in progress, and ended ones kept for duplicate detection.",
             registry=self.registry,
         ).set_function(tracked)
+
+    def track_backend(self, stats: BackendStats) -> None:
+        """Expose the shared state backend's health and counters, read at scrape time."""
+        self.registry.register(_BackendCollector(stats))
+
+
+class _BackendCollector(Collector):
+    """`mtt_state_backend_*`, only with --state-backend: plain counters kept by state.py."""
+
+    def __init__(self, stats: BackendStats) -> None:
+        self.stats = stats
+
+    def collect(self):
+        stats = self.stats
+        yield GaugeMetricFamily(
+            "mtt_state_backend_up",
+            "1 while the shared state backend answers; 0 while notifications are correlated in local memory.",
+            value=float(stats.up))
+        yield GaugeMetricFamily(
+            "mtt_state_backend_calls",
+            "Calls held in the shared state backend, as of the last tick (the same on every replica: use max).",
+            value=stats.calls)
+        yield GaugeMetricFamily(
+            "mtt_state_backend_calls_in_progress",
+            "Calls begun and not ended, counted in the shared state backend as of the last tick; "
+            "the same on every replica (use max), and unaffected by replica restarts.",
+            value=stats.in_progress)
+        errors = CounterMetricFamily(
+            "mtt_state_backend_errors", "Failed requests to the shared state backend, by operation.",
+            labels=["operation"])
+        for operation in BackendOperation:
+            errors.add_metric([operation.value], stats.errors[operation])
+        yield errors
+        yield CounterMetricFamily(
+            "mtt_state_backend_fallbacks",
+            "Notifications correlated in local memory: backend unreachable, or their call is held locally since.",
+            value=stats.fallbacks)
+        yield CounterMetricFamily(
+            "mtt_state_backend_retries",
+            "Writes of a call retried because it was not as this replica last saw it (written by another replica or request).",
+            value=stats.retries)

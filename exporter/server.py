@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
 from .record import Recorder
 from .settings import Settings
+from .state import SharedState
 from .statefile import StateFile
 
 log = logging.getLogger("mtt_exporter")
@@ -38,6 +39,8 @@ METRICS = web.AppKey("metrics", Metrics)
 CORRELATOR = web.AppKey("correlator", Correlator)
 CLOCK = web.AppKey("clock", Callable[[], float])
 READY = web.AppKey("ready", asyncio.Event)
+#: Call state on Redis/Valkey (--state-backend); None: the correlator's memory only.
+SHARED = web.AppKey("shared", SharedState | None)
 STATE = web.AppKey("state", StateFile)
 RECORDER = web.AppKey("recorder", Recorder)
 
@@ -268,13 +271,16 @@ async def _notify(request: web.Request) -> web.Response:
         return _refuse(request, 400, error.reason, error.message)
 
     now = app[CLOCK]()
-    correlator = app[CORRELATOR]
+    correlator, shared = app[CORRELATOR], app[SHARED]
     accepted = duplicates = 0
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             notification = parse(item)
-            duplicate, facts = correlator.apply(notification, now)
+            if shared is None:
+                duplicate, facts = correlator.apply(notification, now)
+            else:
+                duplicate, facts = await shared.apply(notification, now)
         except PayloadError as error:
             metrics.reject(error.reason)
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
@@ -333,8 +339,12 @@ async def handle_healthy(request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
-    """GET /-/ready: ready to ingest (503 until start-up finished)."""
+    """GET /-/ready: ready to ingest (503 until start-up finished); "degraded" without Redis."""
     if request.app[READY].is_set():
+        shared = request.app[SHARED]
+        if shared is not None and not shared.up:
+            # still 200: a 503 would take every replica out of the load balancer at once
+            return web.json_response({"status": "degraded", "state_backend": "unreachable"})
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "starting"}, status=503)
 
@@ -410,6 +420,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+async def tick_shared(app: web.Application, now: float) -> None:
+    """The decisions due at `now` in the shared state (or a reconnection attempt), recorded."""
+    shared = app[SHARED]
+    if shared is not None:
+        app[METRICS].record_facts(await shared.expire(now))
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Load the state, tick (and snapshot) while serving; at shutdown, after the last
     request finished, save the state."""
@@ -426,6 +443,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 tick(app, app[CLOCK]())
+                await tick_shared(app, app[CLOCK]())
                 if RECORDER in app:
                     app[RECORDER].flush()
             except Exception:  # a bug here must not stop expiry for good
@@ -440,6 +458,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 next_trim = running.time() + TRIM_SECONDS
                 await running.run_in_executor(None, trim, 0)  # in a thread: it walks the whole heap
 
+    shared = app[SHARED]
+    if shared is not None:
+        await shared.start()
     task = asyncio.create_task(loop())
     app[READY].set()
     yield
@@ -450,6 +471,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[RECORDER].close()
     if state is not None:
         state.save()  # newer than any periodic write still running: that one is skipped
+    if shared is not None:
+        await shared.close()
 
 
 def default_registry() -> CollectorRegistry:
@@ -501,7 +524,12 @@ def create_app(
     metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
     correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
     metrics.track(correlator.__len__)
+    shared = None
+    if settings.state_backend is not None:
+        shared = SharedState(settings.state_backend.get_secret_value(), correlator)
+        metrics.track_backend(shared.stats)
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
+    app[SHARED] = shared
     app[READY] = asyncio.Event()
     app[GATE] = Gate(settings.max_concurrent_requests)
     if settings.state_path is not None:
@@ -520,7 +548,7 @@ def create_app(
 def create_metrics_app(main: web.Application) -> web.Application:
     """The internal listener of --metrics-listen: /metrics and health of `main`."""
     app = web.Application()
-    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY):
+    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY, SHARED):
         app[key] = main[key]
     app.router.add_get("/metrics", handle_metrics)
     _add_health(app)

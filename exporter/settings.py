@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, FilePath, IPvAnyNetwork, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .state import check_url
+
 #: A repeatable flag (`--allow-cidr A --allow-cidr B`); in the environment a JSON list or
 #: comma-separated (`MTT_EXPORTER_ALLOW_CIDR=10.0.0.0/8,192.0.2.7`).
 Networks = Annotated[list[IPvAnyNetwork], NoDecode]
@@ -58,6 +60,12 @@ class Settings(BaseSettings):
     max_concurrent_requests: int = Field(256, ge=1, description="Notification requests handled at once; more get 429 (overloaded).")
     read_timeout: float = Field(30.0, gt=0, description="Seconds to receive a request's headers and body (408 timeout), and to keep an idle connection.")
     event_loop: Literal["asyncio", "uvloop"] = Field("asyncio", description="Event loop; uvloop (pip install 'mtt-call-exporter[uvloop]') is faster.")
+    state_backend: SecretStr | None = Field(
+        None,
+        description="Call state shared by replicas (Redis 6.2+ or Valkey): redis://[:PASSWORD@]HOST:PORT/DB "
+        "(rediss:// for TLS), redis+cluster://HOST:PORT, redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]; "
+        "default: this process's memory.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
@@ -112,6 +120,15 @@ class Settings(BaseSettings):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():
             return None  # an empty variable means no token
+        return value
+
+
+    @field_validator("state_backend")
+    @classmethod
+    def _state_backend(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        check_url(value.get_secret_value())
         return value
 
 

@@ -73,3 +73,14 @@ def need_binary(name: str) -> str:
 @pytest.fixture
 def promtool() -> str:
     return need_binary("promtool")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of the test's own on a free loopback port (see tests/redis_server.py)."""
+    from .redis_server import RedisServer
+
+    server = RedisServer(need_binary("redis-server"), tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,156 @@
+"""Benchmark: notifications per second and p99 latency per replica, in memory vs on Redis.
+
+    python bench/state_backend.py [--duration 10] [--rounds 3] [--connections 16]
+
+Starts its own redis-server (loopback, no persistence) and exporter processes, drives each
+with wrk (bench/state_backend.lua: o, s, h of many interleaved calls, one notification per
+request) and prints a Markdown table of medians over the rounds, setups interleaved so
+background load hits them alike. Setups: one in-memory exporter; one exporter on Redis;
+two exporters on one Redis, each driven by its own wrk at the same time. Needs
+redis-server and wrk (scripts/system-deps.sh). Results: BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LUA = HERE / "state_backend.lua"
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def redis_cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=True).stdout
+
+
+def redis_cpu(port: int) -> float:
+    """CPU seconds redis-server used so far (user + system)."""
+    info = redis_cli(port, "INFO", "cpu")
+    return sum(float(re.search(rf"{name}:([\d.]+)", info)[1]) for name in ("used_cpu_user", "used_cpu_sys"))
+
+
+def start_exporter(backend: str | None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    flags = ["--listen", f"127.0.0.1:{port}", "--log-level", "error", "--call-end-grace", "1"]
+    if backend:
+        flags += ["--state-backend", backend]
+    process = subprocess.Popen([sys.executable, "-m", "exporter", *flags], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/-/ready")
+    return process, url
+
+
+def parse_wrk(output: str) -> tuple[float, float, int]:
+    """(requests/s, p99 seconds, non-2xx responses) from `wrk --latency` output."""
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return rate, float(value) * UNITS[unit], int(bad[1]) if bad else 0
+
+
+def run(setup: str, replicas: int, backend: str | None, args: argparse.Namespace, tag: str) -> list[tuple[float, float]]:
+    """Start `replicas` exporters, load them all at once; [(requests/s, p99)] per replica."""
+    exporters = [start_exporter(backend) for _ in range(replicas)]
+    try:
+        loads = [
+            subprocess.Popen(
+                ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", str(LUA),
+                 url, "--", f"{tag}-{i}"],
+                stdout=subprocess.PIPE, text=True,
+            )
+            for i, (_, url) in enumerate(exporters)
+        ]
+        results = [parse_wrk(load.communicate()[0]) for load in loads]
+    finally:
+        for process, _ in exporters:
+            process.terminate()
+            process.wait(timeout=30)
+    for rate, p99, bad in results:
+        if bad:
+            raise SystemExit(f"{setup}: {bad} responses were not 2xx")
+    return [(rate, p99) for rate, p99, _ in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every setup (medians are shown)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections per replica")
+    args = parser.parse_args()
+    for binary in ("redis-server", "redis-cli", "wrk"):
+        if shutil.which(binary) is None:
+            raise SystemExit(f"{binary} not found: sh scripts/system-deps.sh")
+
+    workdir = tempfile.mkdtemp(prefix="mtt-bench-")
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )
+    backend = f"redis://127.0.0.1:{port}/0"
+    setups = [("memory, 1 replica", 1, None), ("Redis, 1 replica", 1, backend), ("Redis, 2 replicas", 2, backend)]
+    per: dict[str, list[list[tuple[float, float]]]] = {name: [] for name, _, _ in setups}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in setups}
+    load = os.getloadavg()[0]
+    try:
+        time.sleep(0.3)
+        for round_ in range(args.rounds):
+            for name, replicas, url in setups:
+                redis_cli(port, "FLUSHALL")
+                before = redis_cpu(port)
+                results = run(name, replicas, url, args, tag=f"r{round_}{time.time_ns()}")
+                per[name].append(results)
+                requests = sum(rate for rate, _ in results) * args.duration
+                cpu[name].append((redis_cpu(port) - before) / requests * 1e6)
+                print(f"round {round_ + 1}: {name}: " + ", ".join(f"{r:,.0f}/s p99 {p * 1000:.1f} ms" for r, p in results),
+                      file=sys.stderr)
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\n{os.cpu_count()} CPUs, load average {load:.2f} at start; {args.rounds} rounds of {args.duration} s, "
+          f"wrk -t1 -c{args.connections} per replica; medians.\n")
+    print("| setup | notifications/s per replica | all replicas | p99 latency | Redis CPU per notification |")
+    print("|---|---:|---:|---:|---:|")
+    for name, replicas, url in setups:
+        rates = [statistics.mean(r for r, _ in results) for results in per[name]]
+        totals = [sum(r for r, _ in results) for results in per[name]]
+        p99s = [max(p for _, p in results) for results in per[name]]
+        redis_share = f"{statistics.median(cpu[name]):.0f} µs" if url else "-"
+        print(f"| {name} | {statistics.median(rates):,.0f} | {statistics.median(totals):,.0f} | "
+              f"{statistics.median(p99s) * 1000:.1f} ms | {redis_share} |")
+
+
+if __name__ == "__main__":
+    main()

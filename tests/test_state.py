@@ -1,0 +1,325 @@
+"""Shared call state on a real redis-server: the correlator's rules, applied by two replicas.
+
+Every scenario of test_correlator again, each notification to the other replica: the call
+goes through Redis (as JSON) between any two notifications and gives the same facts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections import Counter
+
+import pytest
+import redis
+from prometheus_client import generate_latest
+
+from exporter.correlator import (
+    CallEnded,
+    CallStarted,
+    Correlator,
+    Duration,
+    Evicted,
+    EvictionReason,
+    Phase,
+    RingOutcome,
+)
+from exporter.server import METRICS
+from exporter.settings import Settings
+from exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
+
+from .conftest import need_binary
+from .process import free_port
+from .redis_server import RedisClusterNodes, RedisSentinel
+from .test_correlator import B1, NOW, SCENARIOS, SEED, SEED_DURATIONS, calls, durations, legs, note
+
+GRACE, TTL = 15.0, 3600.0
+
+
+@pytest.fixture
+async def pair(redis_server):
+    """Two replicas' shared states on one Redis, each with its own local fallback."""
+    states = [SharedState(redis_server.url, Correlator(ttl=TTL, grace=GRACE, max_calls=1000)) for _ in range(2)]
+    for state in states:
+        await state.start()
+        assert state.up
+    yield states
+    for state in states:
+        await state.close()
+
+
+async def replay(pair, steps, until=None):
+    """Like test_correlator.run, each notification to the other replica, both ticking."""
+    facts, duplicates = [], 0
+    for i, (offset, n) in enumerate(steps):
+        for state in pair:
+            facts += await state.expire(NOW + offset)
+        duplicate, more = await pair[i % 2].apply(n, NOW + offset)
+        duplicates += duplicate
+        facts += more
+    if until is not None:
+        for state in pair:
+            facts += await state.expire(NOW + until)
+    return facts, duplicates
+
+
+@pytest.mark.parametrize("case", [pytest.param(v, id=k) for k, v in SCENARIOS.items()])
+async def test_scenario_on_two_replicas(pair, case):
+    facts, duplicates = await replay(pair, case["steps"], until=case.get("until", case["steps"][-1][0] + 60))
+    assert durations(facts) == sorted(case["durations"])
+    assert legs(facts) == case["legs"]
+    assert calls(facts) == case["calls"]
+    assert duplicates == case.get("duplicates", 0)
+    assert Counter(f.reason.value for f in facts if isinstance(f, Evicted)) == case.get("evicted", {})
+    started = sum(isinstance(f, CallStarted) for f in facts)
+    assert started - sum(isinstance(f, CallEnded) for f in facts) == case.get("in_progress", 0)
+    assert started == 1
+    await pair[0]._count()  # as the tick does
+    assert pair[0].stats.in_progress == case.get("in_progress", 0)
+    assert all(state.stats.fallbacks == 0 for state in pair)
+
+
+async def test_concurrent_updates_of_one_call_are_both_applied(pair):
+    a, b = pair
+    computed, go = asyncio.Event(), asyncio.Event()
+    real_pipeline = a.redis.pipeline
+
+    def paused_pipeline(**kwargs):  # a computes its write, b writes, then a's write goes out
+        pipe = real_pipeline(**kwargs)
+        real_execute = pipe.execute
+
+        async def execute(**kw):
+            if not computed.is_set():
+                computed.set()
+                await go.wait()
+            return await real_execute(**kw)
+
+        pipe.execute = execute
+        return pipe
+
+    a.redis.pipeline = paused_pipeline
+    first = asyncio.create_task(a.apply(SEED[2][1], NOW))  # o
+    await computed.wait()
+    second = await b.apply(SEED[3][1], NOW)  # s, written while a's write of o is on its way
+    go.set()
+    facts = (await first)[1] + second[1]
+    assert (a.stats.retries, b.stats.retries) == (1, 0)
+    assert durations(facts) == [("ring", "answered", 11.0)]
+    assert sum(isinstance(f, CallStarted) for f in facts) == 1
+
+
+async def test_a_replica_writes_over_its_own_last_write_without_reading(pair):
+    a, b = pair
+    for step in SEED[:3]:  # sp, ep, o: the first guessed absent, the next as a wrote them
+        await a.apply(step[1], NOW)
+    assert a.stats.retries == 0
+    await b.apply(SEED[3][1], NOW)  # s: b guesses absent, is told the call, writes
+    assert b.stats.retries == 1
+    facts = (await a.apply(SEED[7][1], NOW))[1]  # h: a's guess is stale now
+    assert a.stats.retries == 1
+    assert ("answered", "", 89.0) in durations(facts) and calls(facts) == {"answered": 1}
+
+
+async def test_duplicate_seen_by_the_other_replica(pair):
+    a, b = pair
+    assert (await a.apply(SEED[7][1], NOW))[0] is False
+    assert await b.apply(SEED[7][1], NOW + 1) == (True, [])
+
+
+async def test_due_decisions_are_made_once_by_racing_replicas(pair):
+    a, b = pair
+    for i in range(150):  # unanswered after the grace, and never hung up (expired at the TTL)
+        await pair[i % 2].apply(note("o", 0, B1, conf=f"U{i}"), NOW)
+        await pair[i % 2].apply(note("h", 3, B1, side="B", cause=17, conf=f"U{i}"), NOW)
+        await pair[i % 2].apply(note("o", 0, B1, conf=f"X{i}"), NOW)
+    decided = sum(await asyncio.gather(a.expire(NOW + GRACE), b.expire(NOW + GRACE)), [])
+    assert calls(decided) == {"unanswered": 150} and legs(decided) == {"busy": 150}
+    expired = sum(await asyncio.gather(a.expire(NOW + TTL), b.expire(NOW + TTL)), [])
+    assert calls(expired) == {"expired": 150} and legs(expired) == {"expired": 150}
+    assert Counter(f.reason for f in expired if isinstance(f, Evicted)) == {EvictionReason.TTL: 150}
+    assert await a.redis.keys("*") == []  # calls deleted at the TTL, indexes empty
+
+
+async def test_lease_of_a_replica_that_died_is_taken_over(pair):
+    a, b = pair
+    await a.apply(note("o", 0, B1), NOW)
+    await a.apply(note("h", 3, B1, side="B", cause=17), NOW)
+    # a claims the call as its tick would, then dies before deciding it
+    shard = a.shard("C1")
+    claim = a.redis.register_script(_CLAIM)
+    assert await claim([shard.due, shard.leased], [NOW + GRACE, NOW + GRACE + LEASE_SECONDS, 10]) == [b"C1"]
+    assert await b.expire(NOW + GRACE + 1) == []
+    assert calls(await b.expire(NOW + GRACE + LEASE_SECONDS)) == {"unanswered": 1}
+
+
+async def test_capacity_evicts_the_call_seen_longest_ago(redis_server):
+    state = SharedState(redis_server.url, Correlator(max_calls=2, grace=GRACE))
+    await state.start()
+    facts = []
+    for i, conf in enumerate(["A", "B", "C"]):
+        facts += (await state.apply(note("o", 0, B1, conf=conf), NOW + i))[1]
+    assert [f for f in facts if isinstance(f, Evicted)] == [Evicted(EvictionReason.CAPACITY)]
+    assert legs(facts) == {"expired": 1} and calls(facts) == {"expired": 1}
+    assert {m for shard in SHARD_KEYS for m in await state.redis.zrange(shard.seen, 0, -1)} == {b"B", b"C"}
+    assert await state.redis.exists(state.key("A")) == 0
+    await state.close()
+
+
+async def test_unreachable_redis_falls_back_and_recovers(pair, redis_server):
+    a, _ = pair
+    redis_server.stop()
+    duplicate, facts = await a.apply(note("o", 0, B1, conf="L"), NOW)
+    assert isinstance(facts[0], CallStarted)  # correlated in local memory
+    assert (a.up, a.stats.errors["apply"], a.stats.fallbacks, len(a.local)) == (False, 1, 1, 1)
+    assert (await a.apply(note("s", 5, B1, conf="L"), NOW + 1))[1] == [Duration(Phase.RING, 5.0, RingOutcome.ANSWERED, "L")]
+    assert a.stats.errors["apply"] == 1  # no new attempt while down
+    await a.expire(NOW + 2)
+    assert (a.up, a.stats.errors["ping"]) == (False, 1)
+
+    redis_server.start()
+    await a.expire(NOW + 3)
+    assert a.up
+    await a.apply(note("h", 50, B1, side="B", cause=16, conf="L"), NOW + 4)  # its call is local: stays there
+    await a.apply(note("o", 0, B1, conf="R"), NOW + 4)  # a new call: in Redis
+    assert (a.stats.fallbacks, len(a.local)) == (3, 1)
+    assert await a.redis.exists(a.key("R"), a.key("L")) == 1
+
+
+async def test_unreachable_at_start_is_degraded_not_fatal():
+    state = SharedState(f"redis://127.0.0.1:{free_port()}/0", Correlator())
+    await state.start()
+    assert not state.up
+    assert (await state.apply(note("o", 0, B1), NOW))[1] == [CallStarted()]
+    await state.close()
+
+
+async def test_ready_and_metrics_report_the_backend(make_client, redis_server, promtool):
+    client, app = await make_client(state_backend=redis_server.url)
+    assert await (await client.get("/-/ready")).json() == {"status": "ready"}
+    redis_server.stop()
+    assert (await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1})).status == 200
+    response = await client.get("/-/ready")
+    assert (response.status, await response.json()) == (200, {"status": "degraded", "state_backend": "unreachable"})
+    registry = app[METRICS].registry
+    assert registry.get_sample_value("mtt_state_backend_up") == 0
+    assert registry.get_sample_value("mtt_state_backend_errors_total", {"operation": "apply"}) == 1
+    assert registry.get_sample_value("mtt_state_backend_fallbacks_total") == 1
+    assert registry.get_sample_value("mtt_call_attempts_total") == 1
+    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        pytest.param("redis://h:6379/0", True, id="redis"),
+        pytest.param("rediss://:pw@h:6380/1", True, id="TLS with password"),
+        pytest.param("unix:///run/redis.sock", True, id="unix socket"),
+        pytest.param("redis+cluster://h:7000", True, id="cluster"),
+        pytest.param("redis+sentinel://:pw@h1:26379,[::1]:26380,h3/mymaster/2", True, id="sentinels"),
+        pytest.param("http://h:6379", False, id="wrong scheme"),
+        pytest.param("h:6379", False, id="no scheme"),
+        pytest.param("redis://h:port/0", False, id="port not a number"),
+        pytest.param("redis:///0", False, id="no host"),
+        pytest.param("redis+sentinel://h:26379", False, id="sentinel without service"),
+        pytest.param("redis+sentinel://h:x/mymaster", False, id="sentinel port not a number"),
+    ],
+)
+def test_state_backend_setting(url, ok):
+    if ok:
+        assert Settings(_cli_parse_args=["--state-backend", url]).state_backend.get_secret_value() == url  # type: ignore[call-arg]
+        assert "pw" not in repr(Settings(_cli_parse_args=["--state-backend", url]))  # type: ignore[call-arg]
+    else:
+        with pytest.raises(ValueError):
+            Settings(_cli_parse_args=["--state-backend", url])  # type: ignore[call-arg]
+
+
+def test_masked_url():
+    assert masked_url("rediss://user:s3cret@host:6380/0") == "rediss://user:***@host:6380/0"
+    assert masked_url("redis://:s3cret@host/0") == "redis://:***@host/0"
+    assert masked_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+async def test_damaged_call_in_redis_is_replaced(pair):
+    a, _ = pair
+    await a.redis.hset(a.key("C1"), mapping={"v": "x", "d": '{"legs": 1}'})
+    duplicate, facts = await a.apply(note("o", 0, B1), NOW)
+    assert facts == [CallStarted()] and not duplicate
+    assert json.loads(await a.redis.hget(a.key("C1"), "d"))["legs"] == [[B1, 0.0, None, None, None, None, "unknown", False]]
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    nodes = RedisClusterNodes(need_binary("redis-server"), tmp_path)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+async def test_two_replicas_on_a_redis_cluster(redis_cluster):
+    states = [SharedState(redis_cluster.url, Correlator(ttl=TTL, grace=GRACE)) for _ in range(2)]
+    for state in states:
+        await state.start()
+        assert state.up
+    facts = (await replay(states, SEED))[0]
+    for i in range(40):
+        facts += (await states[i % 2].apply(note("o", 0, B1, conf=f"K{i}"), NOW))[1]
+        facts += (await states[(i + 1) % 2].apply(note("h", 3, B1, side="B", cause=17, conf=f"K{i}"), NOW))[1]
+    facts += sum(await asyncio.gather(*(state.expire(NOW + GRACE) for state in states)), [])
+    assert durations(facts)[:1] == [("answered", "", 89.0)]
+    assert calls(facts) == {"answered": 1, "unanswered": 40}
+    holding = []
+    for port in redis_cluster.ports:
+        with redis.Redis(port=port) as node:
+            holding.append(node.dbsize())
+    assert sum(1 for keys in holding if keys) >= 2, holding  # the shards spread over the nodes
+    for state in states:
+        await state.close()
+
+
+async def test_sentinel_failover_costs_only_the_notifications_in_between(tmp_path):
+    sentinel = RedisSentinel(need_binary("redis-server"), tmp_path)
+    try:
+        sentinel.start()
+        state = SharedState(sentinel.url, Correlator(ttl=TTL, grace=GRACE))
+        await state.start()
+        assert state.up
+        facts = []
+        for _, n in SEED[:4]:  # sp, ep, o, s of the seed call
+            facts += (await state.apply(n, NOW))[1]
+        with sentinel.primary.client() as primary:
+            assert primary.wait(1, 5000) == 1  # the replica has it
+        sentinel.primary.stop()
+        lost = (await state.apply(note("o", 0, B1, conf="DURING"), NOW))[1]  # correlated locally
+        assert not state.up and lost == [CallStarted()]
+        deadline = asyncio.get_running_loop().time() + 20
+        while not state.up:  # the ticker's probe asks the Sentinel for the new primary
+            assert asyncio.get_running_loop().time() < deadline, "no failover"
+            await asyncio.sleep(0.2)
+            await state.expire(NOW)
+        for _, n in SEED[4:]:  # the rest of the seed call, on the promoted replica
+            facts += (await state.apply(n, NOW))[1]
+        assert durations(facts) == SEED_DURATIONS and calls(facts) == {"answered": 1}
+        with sentinel.replica.client() as promoted:
+            assert promoted.exists(state.key(SEED[0][1].conf_id)) == 1
+        assert state.stats.fallbacks == 1
+        await state.close()
+    finally:
+        sentinel.stop()
+
+
+async def test_call_id_that_is_not_valid_utf8_is_kept_byte_for_byte(pair):
+    a, b = pair
+    odd = "X\udcff"  # a lone surrogate, as JSON can carry it
+    await a.apply(note("o", 0, B1, conf=odd), NOW)
+    facts = (await b.apply(note("h", 3, B1, side="B", cause=17, conf=odd), NOW))[1]
+    assert not any(isinstance(f, CallStarted) for f in facts)  # b found a's call
+    assert calls(await a.expire(NOW + GRACE)) == {"unanswered": 1}
+
+
+def test_sentinel_url():
+    parsed = SentinelURL.parse("rediss+sentinel://u:p%40ss@h1:26379,[::1]:26380,h3/mymaster/2?sentinel_password=s")
+    assert parsed == SentinelURL([("h1", 26379), ("::1", 26380), ("h3", 26379)], "mymaster", 2,
+                                 {"username": "u", "password": "p@ss"}, "s", True)
