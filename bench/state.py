@@ -11,7 +11,6 @@ start-up does (read, JSON, load).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile

@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import pytest
 import yaml
 
 from exporter.cause import cause_class, cause_name

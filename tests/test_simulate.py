@@ -9,7 +9,6 @@ import pytest
 from exporter.simulate import SimConfig, Truth, diff, generate, leg_outcome
 from exporter.server import tick
 
-from .conftest import NOW
 
 GRACE = 15.0
 FAULTS = dict(duplicate_pct=5, reorder_pct=10, malformed_pct=2, unknown_event_pct=2)

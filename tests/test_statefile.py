@@ -11,7 +11,6 @@ import pytest
 from exporter.correlator import (
     MAX_NOTIFICATIONS_PER_CALL,
     STATE_VERSION,
-    CallEnded,
     CallRestored,
     Correlator,
     Evicted,
