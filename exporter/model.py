@@ -108,6 +108,11 @@ class Notification:
 _Scalar = str | int | float | None
 
 
+def strip_keys(mapping: dict[Any, Any]) -> dict[Any, Any]:
+    """The same mapping with stray whitespace cut from its string keys ("client_id ")."""
+    return {k.strip() if isinstance(k, str) else k: v for k, v in mapping.items()}
+
+
 class RawEvent(BaseModel):
     """The `event` object as sent."""
 
@@ -139,7 +144,7 @@ class RawNotification(BaseModel):
     def _event_keys(cls, value: Any) -> Any:
         # keys inside `event` may carry stray whitespace too
         if isinstance(value, dict):
-            return {k.strip() if isinstance(k, str) else k: v for k, v in value.items()}
+            return strip_keys(value)
         return value
 
 
@@ -181,7 +186,7 @@ def _plain_fields(cleaned: dict[Any, Any]) -> _Fields | None:
     if event is not None:
         if type(event) is not dict:
             return None
-        fields: dict[Any, Any] = {k.strip() if isinstance(k, str) else k: v for k, v in event.items()}
+        fields = strip_keys(event)
         kind, side, cause = fields.get("type"), fields.get("side"), fields.get("cause")
         if (kind is not None and type(kind) is not str) or (side is not None and type(side) is not str) or (
             cause is not None and type(cause) not in _SCALAR_TYPES
@@ -286,7 +291,7 @@ def parse(item: object) -> Notification:
     if not isinstance(item, dict):
         raise PayloadError(Reason.MALFORMED, f"expected a JSON object, got {type(item).__name__}")
     # keys may carry stray whitespace: "client_id "
-    cleaned = {k.strip() if isinstance(k, str) else k: v for k, v in item.items()}
+    cleaned = strip_keys(item)
     raw: _Fields | RawNotification | None = _plain_fields(cleaned)
     if raw is None:
         try:
