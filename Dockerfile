@@ -3,7 +3,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY exporter ./exporter
+COPY mtt_exporter ./mtt_exporter
 # with the redis extra: the image can share call state (--state-backend)
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[redis]"
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/fuzz.py [--requests 100000] [--seconds 900] [--seed 1] [--out FILE]
     .venv/bin/python bench/fuzz.py --smoke     # a few seconds (the test suite runs this)
 
-Starts `python -m exporter` on 127.0.0.1 with a token, an allow-list behind a trusted
+Starts `python -m mtt_exporter` on 127.0.0.1 with a token, an allow-list behind a trusted
 proxy, small limits and a small call cap, then sends requests built from the seed's eight
 notifications: JSON-level mutations (fields replaced by hostile values, removed, renamed,
 `data` and `event` taken apart, batches), byte-level mutations (flips, cuts, repeats),

@@ -36,10 +36,10 @@ sys.path.append(str(ROOT))  # after PYTHONPATH: --exporter-path can take precede
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from exporter.correlator import Correlator  # noqa: E402
-from exporter.metrics import Metrics  # noqa: E402
-from exporter.model import EVENT_BY_CODE, Notification, Side  # noqa: E402
-from exporter.simulate import SimConfig, generate  # noqa: E402
+from mtt_exporter.correlator import Correlator  # noqa: E402
+from mtt_exporter.metrics import Metrics  # noqa: E402
+from mtt_exporter.model import EVENT_BY_CODE, Notification, Side  # noqa: E402
+from mtt_exporter.simulate import SimConfig, generate  # noqa: E402
 
 sys.path.insert(0, str(BENCH))
 from serve import add_filler  # noqa: E402
@@ -177,7 +177,7 @@ def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
 
 def bench_record(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
     """Recorder cost in-process (per body, longest flush), and ingest throughput with and without --record."""
-    from exporter.record import Recorder
+    from mtt_exporter.record import Recorder
 
     lines = bodies.read_bytes().splitlines()
     out: dict[str, Any] = {}
@@ -280,7 +280,7 @@ def _latency_run(a: argparse.Namespace, bodies: Path, filler: int, scrapes: bool
 
 def exporter_registry(series: int) -> CollectorRegistry:
     """The exporter's registry after some traffic, filled to about `series` samples."""
-    from exporter.server import default_registry
+    from mtt_exporter.server import default_registry
 
     registry = default_registry()
     metrics = Metrics(registry)
@@ -371,7 +371,7 @@ def bench_startup(a: argparse.Namespace) -> dict[str, Any]:
     for _ in range(a.startup_runs):
         port = free_port()
         start = time.perf_counter()
-        process = subprocess.Popen([PY, "-m", "exporter", "--listen", f"127.0.0.1:{port}"], cwd=ROOT,
+        process = subprocess.Popen([PY, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{port}"], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=exporter_env(a))
         try:
             while get(f"http://127.0.0.1:{port}/-/ready", timeout=1)[0] != 200:

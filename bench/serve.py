@@ -16,9 +16,9 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))  # the checkout, un
 
 from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: E402
 
-from exporter import log as logsetup, server  # noqa: E402
-from exporter.__main__ import serve  # noqa: E402
-from exporter.settings import load  # noqa: E402
+from mtt_exporter import log as logsetup, server  # noqa: E402
+from mtt_exporter.__main__ import serve  # noqa: E402
+from mtt_exporter.settings import load  # noqa: E402
 
 #: Series per filler histogram child: 12 buckets, +Inf, _count, _sum.
 HISTOGRAM_SERIES = 15
@@ -52,7 +52,7 @@ def main() -> None:
     server.default_registry = registry_with_filler  # create_app calls it for a real process
     loop_factory = None
     if getattr(settings, "event_loop", "asyncio") != "asyncio":  # older checkouts have no --event-loop
-        from exporter.__main__ import _loop_factory
+        from mtt_exporter.__main__ import _loop_factory
 
         loop_factory = _loop_factory(settings.event_loop)
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT))
 
-from exporter.replay import post_all  # noqa: E402
-from exporter.simulate import EXPECTED_STATUS, SimConfig, Simulation, diff  # noqa: E402
+from mtt_exporter.replay import post_all  # noqa: E402
+from mtt_exporter.simulate import EXPECTED_STATUS, SimConfig, Simulation, diff  # noqa: E402
 from tests.process import Exporter, combined  # noqa: E402
 
 #: Deliveries per simulated call with the faults below (measured: 7.25), a little low so at least --notifications are sent.

@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT))
 
-from exporter.correlator import Correlator  # noqa: E402
-from exporter.model import PayloadError, parse  # noqa: E402
-from exporter.simulate import SimConfig, Simulation  # noqa: E402
-from exporter.statefile import StateFile  # noqa: E402
+from mtt_exporter.correlator import Correlator  # noqa: E402
+from mtt_exporter.model import PayloadError, parse  # noqa: E402
+from mtt_exporter.simulate import SimConfig, Simulation  # noqa: E402
+from mtt_exporter.statefile import StateFile  # noqa: E402
 
 
 def filled(calls: int, seed: int = 1) -> Correlator:

@@ -64,7 +64,7 @@ def start_exporter(backend: str | None) -> tuple[subprocess.Popen, str]:
     flags = ["--listen", f"127.0.0.1:{port}", "--log-level", "error", "--call-end-grace", "1"]
     if backend:
         flags += ["--state-backend", backend]
-    process = subprocess.Popen([sys.executable, "-m", "exporter", *flags], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "mtt_exporter", *flags], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/-/ready")
     return process, url

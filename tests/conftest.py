@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from exporter.server import create_app, runner_options
-from exporter.settings import Settings
+from mtt_exporter.server import create_app, runner_options
+from mtt_exporter.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 #: Receipt time of the tests: 2026-01-01T00:00:00Z.

@@ -1,6 +1,6 @@
 """Crafted MTT traffic for the Prometheus integration test (tests/test_prometheus.py).
 
-Scope: what the simulator (`exporter.simulate`, sent alongside) does not guarantee. `calls()`
+Scope: what the simulator (`mtt_exporter.simulate`, sent alongside) does not guarantee. `calls()`
 covers every event, side, cause class, leg outcome and call outcome at least once, whatever
 the simulator's random mix (it never sends causes of the service_unavailable, not_implemented
 or invalid_message classes); `faults()` adds disagreeing fields, refused requests, and calls
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from exporter.model import MOSCOW
+from mtt_exporter.model import MOSCOW
 
 NUMBER_A = "79154368886"
 SIP_ID = "79586488002"

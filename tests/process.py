@@ -1,4 +1,4 @@
-"""A real `python -m exporter` process on loopback, for restart, signal and TLS tests."""
+"""A real `python -m mtt_exporter` process on loopback, for restart, signal and TLS tests."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Exporter:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MTT_EXPORTER_")}
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{self.port}", *self.args],
+                [*self.prefix, sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{self.port}", *self.args],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
             )
         deadline = time.monotonic() + timeout

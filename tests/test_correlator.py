@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from exporter.cause import LegOutcome
-from exporter.correlator import (
+from mtt_exporter.cause import LegOutcome
+from mtt_exporter.correlator import (
     CallEnded,
     CallOutcome,
     CallStarted,
@@ -18,7 +18,7 @@ from exporter.correlator import (
     LegEnded,
     Phase,
 )
-from exporter.model import EVENT_BY_CODE, Notification, Side, parse
+from mtt_exporter.model import EVENT_BY_CODE, Notification, Side, parse
 
 NOW = 1_000_000.0
 CONF = "C1"
@@ -242,10 +242,10 @@ def test_dedup_key_is_stable_across_processes():
     import subprocess
     import sys
 
-    from exporter.correlator import dedup_key
+    from mtt_exporter.correlator import dedup_key
 
     code = (
-        "from exporter.correlator import dedup_key; from exporter.model import EventType, Notification, Side;"
+        "from mtt_exporter.correlator import dedup_key; from mtt_exporter.model import EventType, Notification, Side;"
         "print(dedup_key(Notification('C1', EventType.HANGUP, 1558613719.0, Side.B, '79684881033', 16)))"
     )
     outputs = {

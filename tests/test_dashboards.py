@@ -8,7 +8,7 @@ import pytest
 
 from .grafana import DASHBOARDS, DATASOURCE, ROOT, dashboards, generator, metric_names, panels, queries
 
-#: Histograms whose buckets carry the call id as exemplar (exporter/metrics.py).
+#: Histograms whose buckets carry the call id as exemplar (mtt_exporter/metrics.py).
 EXEMPLAR_HISTOGRAMS = ("mtt_premedia_duration_seconds", "mtt_ring_duration_seconds",
                        "mtt_answered_duration_seconds", "mtt_talk_duration_seconds")
 BOARDS = dashboards()
@@ -79,7 +79,7 @@ def test_dashboard_lint(name):
 
 
 def test_every_query_is_scoped_and_exporter_metrics_are_all_shown():
-    from exporter.metrics import Metrics
+    from mtt_exporter.metrics import Metrics
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()

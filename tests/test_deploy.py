@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from exporter import simulate
+from mtt_exporter import simulate
 
 from .grafana import ROOT
 

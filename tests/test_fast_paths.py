@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import model
-from exporter.model import MOSCOW, PayloadError, moscow_to_unix, parse
+from mtt_exporter import model
+from mtt_exporter.model import MOSCOW, PayloadError, moscow_to_unix, parse
 
 KEYS = ["date_time", "data", "event", "cause", "redirect_number", "sip_id", "numberA", "h323_conf_id", "client_id",
         "extension", "other"]

@@ -9,7 +9,7 @@ import subprocess
 
 from prometheus_client import generate_latest
 
-from exporter.server import METRICS
+from mtt_exporter.server import METRICS
 
 from .conftest import DATA
 

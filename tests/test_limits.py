@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.correlator import MAX_NOTIFICATIONS_PER_CALL
-from exporter.server import GATE, create_app, runner_options
-from exporter.settings import Settings
+from mtt_exporter.correlator import MAX_NOTIFICATIONS_PER_CALL
+from mtt_exporter.server import GATE, create_app, runner_options
+from mtt_exporter.settings import Settings
 
 from .test_server import rejected, value
 

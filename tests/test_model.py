@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.model import (
+from mtt_exporter.model import (
     Conflict,
     EventType,
     PayloadError,

@@ -1,10 +1,10 @@
 """The dashboards and rules against a real Prometheus scraping a real exporter process.
 
-Starts `python -m exporter` and Debian's `prometheus` (a skip locally when missing, a failure in
+Starts `python -m mtt_exporter` and Debian's `prometheus` (a skip locally when missing, a failure in
 CI) on free loopback ports, scraping every second with the project's rule files and exemplar
 storage; feeds crafted calls (tests/crafted_calls.py) covering every event, side, cause class,
 leg and call outcome plus duplicates, conflicts, refusals, TTL expiry and capacity evictions,
-and a realistic mix from the simulator (exporter.simulate); then runs every dashboard query
+and a realistic mix from the simulator (mtt_exporter.simulate); then runs every dashboard query
 through the HTTP API with the template variables substituted.
 That every exporter metric is on some panel is checked without Prometheus in test_dashboards.py;
 that the OpenMetrics exposition carries the exemplars, in test_server.py (here: that Prometheus
@@ -32,8 +32,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.model import normalise_conf_id
-from exporter.simulate import SimConfig, generate
+from mtt_exporter.model import normalise_conf_id
+from mtt_exporter.simulate import SimConfig, generate
 
 from . import crafted_calls
 from .conftest import need_binary
@@ -127,9 +127,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     prometheus_bin = need_binary("prometheus")
     tmp = tmp_path_factory.mktemp("stack")
     exporter_port, prometheus_port = free_port(), free_port()
-    exporter = _start([sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{exporter_port}",
+    exporter = _start([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{exporter_port}",
                        "--token", TOKEN, "--call-end-grace", "1", "--call-ttl", str(TTL),
-                       "--max-calls", str(MAX_CALLS)], tmp / "exporter.log")
+                       "--max-calls", str(MAX_CALLS)], tmp / "mtt_exporter.log")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(f) for f in RULE_FILES],
@@ -147,7 +147,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         feed(s)
         yield s
     except BaseException:
-        for log in ("exporter.log", "prometheus.log"):
+        for log in ("mtt_exporter.log", "prometheus.log"):
             print(f"--- {log}\n{(tmp / log).read_text()[-4000:]}")
         raise
     finally:

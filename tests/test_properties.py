@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import correlator as correlator_module
-from exporter.cause import CAUSE_MAX, CauseClass, LegOutcome, cause_name, unanswered_outcome
-from exporter.correlator import (
+from mtt_exporter import correlator as correlator_module
+from mtt_exporter.cause import CAUSE_MAX, CauseClass, LegOutcome, cause_name, unanswered_outcome
+from mtt_exporter.correlator import (
     CallEnded,
     CallOutcome,
     CallStarted,
@@ -32,9 +32,9 @@ from exporter.correlator import (
     dump_state,
     load_state,
 )
-from exporter.model import EVENT_BY_CODE, Conflict, EventType, Notification, PayloadError, Reason, Side, parse
-from exporter.server import create_app, decode, runner_options
-from exporter.settings import Settings
+from mtt_exporter.model import EVENT_BY_CODE, Conflict, EventType, Notification, PayloadError, Reason, Side, parse
+from mtt_exporter.server import create_app, decode, runner_options
+from mtt_exporter.settings import Settings
 
 from .conftest import DATA
 

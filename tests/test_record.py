@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from exporter.record import Recorder, read_records
-from exporter.server import RECORDER
+from mtt_exporter.record import Recorder, read_records
+from mtt_exporter.server import RECORDER
 
 from .conftest import NOW
 
@@ -52,7 +52,7 @@ async def test_write_error_loses_the_recording_not_the_notification(make_client,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(recorder, "_file", type("F", (), {"write": staticmethod(disk_full), "closed": False, "close": lambda self: None})())
-    monkeypatch.setattr("exporter.record.RECORD_FLUSH_BYTES", 1)  # flush inside the request
+    monkeypatch.setattr("mtt_exporter.record.RECORD_FLUSH_BYTES", 1)  # flush inside the request
     response = await client.post("/notify", json=seed_call[2])
     assert response.status == 200
     assert "cannot write --record file" in caplog.text

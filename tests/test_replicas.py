@@ -1,6 +1,6 @@
 """Two exporter processes sharing one redis-server: together they give one exporter's numbers.
 
-Real processes and a real Redis; traffic from `exporter.simulate`, whose truth is computed
+Real processes and a real Redis; traffic from `mtt_exporter.simulate`, whose truth is computed
 from the README's rules, not from the exporter. Each delivery goes to a random replica,
 several are in flight at once (so notifications of one call race on the two replicas), and
 some are posted to both replicas at the same moment. The replicas' expositions are summed
@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.model import EVENT_BY_CODE
-from exporter.simulate import EXPECTED_STATUS, Delivery, SimConfig, Truth, diff, generate
+from mtt_exporter.model import EVENT_BY_CODE
+from mtt_exporter.simulate import EXPECTED_STATUS, Delivery, SimConfig, Truth, diff, generate
 
 from .process import Exporter
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.replay import post_all
-from exporter.simulate import EXPECTED_STATUS, SimConfig, diff, generate
+from mtt_exporter.replay import post_all
+from mtt_exporter.simulate import EXPECTED_STATUS, SimConfig, diff, generate
 
 from .conftest import need_binary
 from .process import Exporter, combined

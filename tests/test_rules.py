@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import yaml
 
-from exporter.cause import cause_class, cause_name
+from mtt_exporter.cause import cause_class, cause_name
 
 from .grafana import ROOT, RULE_FILES
 

@@ -9,8 +9,8 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.log import TextFormatter
-from exporter.server import METRICS, READY, create_metrics_app, decode, tick
+from mtt_exporter.log import TextFormatter
+from mtt_exporter.server import METRICS, READY, create_metrics_app, decode, tick
 
 
 def logged(caplog) -> str:

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from exporter.log import JsonFormatter, TextFormatter
-from exporter.settings import Settings, load, split_host_port
+from mtt_exporter.log import JsonFormatter, TextFormatter
+from mtt_exporter.settings import Settings, load, split_host_port
 
 
 def test_flags_and_environment(monkeypatch):

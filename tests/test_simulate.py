@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from exporter.simulate import SimConfig, Truth, diff, generate, leg_outcome
-from exporter.server import tick
+from mtt_exporter.simulate import SimConfig, Truth, diff, generate, leg_outcome
+from mtt_exporter.server import tick
 
 
 GRACE = 15.0

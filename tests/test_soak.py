@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from exporter.replay import post_all
-from exporter.simulate import EXPECTED_STATUS, SimConfig, diff, generate
+from mtt_exporter.replay import post_all
+from mtt_exporter.simulate import EXPECTED_STATUS, SimConfig, diff, generate
 
 from .process import Exporter
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 
-from exporter.correlator import (
+from mtt_exporter.correlator import (
     CallStarted,
     Correlator,
     Duration,
@@ -23,9 +23,9 @@ from exporter.correlator import (
     Phase,
     RingOutcome,
 )
-from exporter.server import METRICS
-from exporter.settings import Settings
-from exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
+from mtt_exporter.server import METRICS
+from mtt_exporter.settings import Settings
+from mtt_exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
 
 from .conftest import need_binary
 from .process import free_port

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from exporter.correlator import (
+from mtt_exporter.correlator import (
     MAX_NOTIFICATIONS_PER_CALL,
     STATE_VERSION,
     CallRestored,
@@ -21,9 +21,9 @@ from exporter.correlator import (
     dump_state,
     load_state,
 )
-from exporter.model import PayloadError, Reason
-from exporter.server import CORRELATOR, METRICS
-from exporter.statefile import StateFile
+from mtt_exporter.model import PayloadError, Reason
+from mtt_exporter.server import CORRELATOR, METRICS
+from mtt_exporter.statefile import StateFile
 
 from .test_correlator import B1, B2, NOW, SEED, SEED_DURATIONS, calls, durations, legs, note, run
 

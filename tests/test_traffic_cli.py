@@ -9,9 +9,9 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from exporter.server import RECORDER, create_app
-from exporter.settings import Settings
-from exporter.simulate import SimConfig, diff, generate
+from mtt_exporter.server import RECORDER, create_app
+from mtt_exporter.settings import Settings
+from mtt_exporter.simulate import SimConfig, diff, generate
 
 from .conftest import NOW
 
@@ -35,7 +35,7 @@ async def scrape(server: TestServer) -> str:
 
 async def run_tool(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable, "-m", "mtt_exporter", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     return process.returncode, out.decode()
 

@@ -1,4 +1,4 @@
-"""`mtt-exporter` / `python -m exporter`: start the exporter; `simulate` and `replay` are the traffic tools."""
+"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools."""
 
 from __future__ import annotations
 
