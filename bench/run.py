@@ -32,6 +32,10 @@ from typing import Any, Iterator
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if "--exporter-path" in sys.argv[:-1] and "PYTHONPATH" not in os.environ:
+    # the other checkout in this process too (render, memory), not only in the servers
+    _other = str(Path(sys.argv[sys.argv.index("--exporter-path") + 1]).resolve())
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONPATH": _other})
 sys.path.append(str(ROOT))  # after PYTHONPATH: --exporter-path can take precedence
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
@@ -278,8 +282,8 @@ def _latency_run(a: argparse.Namespace, bodies: Path, filler: int, scrapes: bool
 # --- 3. /metrics rendering ------------------------------------------------------------------------
 
 
-def exporter_registry(series: int) -> CollectorRegistry:
-    """The exporter's registry after some traffic, filled to about `series` samples."""
+def exporter_registry(series: int) -> tuple[CollectorRegistry, Metrics]:
+    """The exporter's registry, filled to about `series` samples."""
     from mtt_exporter.server import default_registry
 
     registry = default_registry()
@@ -288,25 +292,57 @@ def exporter_registry(series: int) -> CollectorRegistry:
     metrics.track(correlator.__len__)
     own = count_series(generate_latest(registry))
     add_filler(registry, max(0, series - own))
-    return registry
+    return registry, metrics
+
+
+def renderer() -> Any:
+    """The exporter's renderer (#11), or prometheus_client's for checkouts before it."""
+    from mtt_exporter import metrics
+
+    return getattr(metrics, "render", generate_latest)
+
+
+def ingest(metrics: Metrics, notifications: list[Notification], now: float) -> None:
+    """What a second of ingestion records: the notifications and the correlator's facts."""
+    correlator = Correlator()
+    for n in notifications:
+        duplicate, facts = correlator.apply(n, now)
+        metrics.record_notification(n, now, duplicate)
+        metrics.record_facts(facts)
 
 
 def count_series(exposition: bytes) -> int:
     return sum(1 for line in exposition.splitlines() if line and not line.startswith(b"#"))
 
 
-def bench_render(a: argparse.Namespace) -> dict[str, Any]:
+def bench_render(a: argparse.Namespace, bodies: Path | None) -> dict[str, Any]:
+    """Median of five renders: "cold" formats every series (the first scrape), "warm" a scrape
+    after a second of ingestion (5,000 notifications), when only what changed is formatted again."""
+    from mtt_exporter.model import parse
+
+    render = renderer()
+    lines = bodies.read_bytes().splitlines()[:5000] if bodies else []
+    second = [parse(json.loads(line)) for line in lines]
     out = {}
     for target in a.render_series:
-        registry = exporter_registry(target)
-        text = generate_latest(registry)
-        times = []
+        cold, warm = [], []
         for _ in range(5):
+            registry, metrics = exporter_registry(target)
             start = time.perf_counter()
-            generate_latest(registry)
-            times.append(time.perf_counter() - start)
-        out[str(target)] = {"series": count_series(text), "seconds_median": statistics.median(times),
+            text = render(registry)
+            cold.append(time.perf_counter() - start)
+            ingest(metrics, second, 1_767_225_600.0)
+            start = time.perf_counter()
+            text = render(registry)
+            warm.append(time.perf_counter() - start)
+        out[str(target)] = {"series": count_series(text), "seconds_median": statistics.median(cold),
+                            "warm_seconds_median": statistics.median(warm), "renderer": render.__module__,
                             "bytes": len(text), "gzip_bytes": len(gzip.compress(text, 6))}
+        if not a.exporter_path:  # the same exposition as prometheus_client (process_* changes meanwhile)
+            own = [line for line in text.splitlines() if not line.startswith((b"process_", b"# HELP process_"))]
+            library = [line for line in generate_latest(registry).splitlines()
+                       if not line.startswith((b"process_", b"# HELP process_"))]
+            assert own == library, "the renderer differs from prometheus_client"
     return out
 
 
@@ -427,7 +463,7 @@ def main() -> None:
     results: dict[str, Any] = {"environment": environment(), "smoke": a.smoke}
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
-        if only & {"throughput", "latency", "record"}:
+        if only & {"throughput", "latency", "record", "render"}:
             results["bodies"] = write_bodies(bodies, body_calls)
         if "throughput" in only:
             results["throughput"] = bench_throughput(a, bodies)
@@ -441,9 +477,10 @@ def main() -> None:
         if "record" in only:
             results["record"] = bench_record(a, bodies)
             print(json.dumps(results["record"]), flush=True)
-    if "render" in only:
-        results["render"] = bench_render(a)
-        print(json.dumps(results["render"]), flush=True)
+        if "render" in only:
+            results["render"] = bench_render(a, bodies)
+            print(json.dumps(results["render"]), flush=True)
+
     if "memory" in only:
         results["memory"] = bench_memory(a)
         print(json.dumps(results["memory"]), flush=True)
