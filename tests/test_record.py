@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -168,3 +170,23 @@ def test_undecodable_content_type_is_escaped(tmp_path):
     recorder.write(1.5, b"{}", "text/\udcff")
     recorder.close()
     assert list(read_records([tmp_path / "rec.jsonl"])) == [(1.5, b"{}", "text/\udcff")]
+
+
+def test_file_size_limit_of_the_kernel_cuts_a_write_short_and_leaves_whole_lines(tmp_path):
+    # the real system call: under RLIMIT_FSIZE write(2) writes what fits and returns the
+    # count, the next write fails (EFBIG), as on a full disk; done in a child process
+    path, limit = tmp_path / "rec.jsonl", 3 * LINE + 20
+    child = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from mtt_exporter.record import Recorder
+recorder = Recorder({str(path)!r}, max_bytes=1 << 20, keep=1)
+for i in range(8):
+    recorder.write(float(i), b'{{"n": %d}}' % i, "application/json")
+recorder.close()
+"""
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert path.read_bytes() == b"".join(line(i) for i in range(3))
+    assert "cannot write --record file" in result.stderr
