@@ -70,9 +70,18 @@ def pinned(cpu: str, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else cmd
 
 
-def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
+#: What Prometheus 3 asks for when it scrapes (its default scrape protocols), and gzip.
+SCRAPE_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+              "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+              "text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "Accept-Encoding": "gzip",
+}
+
+
+def get(url: str, timeout: float = 30, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return response.status, response.read()
     except OSError:
         return 0, b""
@@ -224,7 +233,7 @@ def bench_record(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
 
 
 class Scraper(threading.Thread):
-    """GET /metrics every second; keeps the durations."""
+    """GET /metrics every second as Prometheus does (OpenMetrics, gzip); keeps the durations."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
@@ -236,7 +245,7 @@ class Scraper(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             start = time.perf_counter()
-            status, body = get(self.url)
+            status, body = get(self.url, headers=SCRAPE_HEADERS)
             if status == 200:
                 self.seconds.append(time.perf_counter() - start)
                 self.size = len(body)
@@ -325,7 +334,7 @@ def bench_render(a: argparse.Namespace, bodies: Path | None) -> dict[str, Any]:
     second = [parse(json.loads(line)) for line in lines]
     out = {}
     for target in a.render_series:
-        cold, warm = [], []
+        cold, warm, warm_gzip = [], [], []
         for _ in range(5):
             registry, metrics = exporter_registry(target)
             start = time.perf_counter()
@@ -335,14 +344,21 @@ def bench_render(a: argparse.Namespace, bodies: Path | None) -> dict[str, Any]:
             start = time.perf_counter()
             text = render(registry)
             warm.append(time.perf_counter() - start)
+            if render is not generate_latest:  # the same as prometheus_client's (but process_*: it changes)
+                own = [line for line in text.splitlines() if not line.startswith((b"process_", b"# HELP process_"))]
+                library = [line for line in generate_latest(registry).splitlines()
+                           if not line.startswith((b"process_", b"# HELP process_"))]
+                assert own == library, "the renderer differs from prometheus_client"
+            if render is not generate_latest:  # what a Prometheus scrape costs: OpenMetrics, gzip
+                render(registry, True, gzip=True)  # the scrape before
+                ingest(metrics, second, 1_767_225_600.0)
+                start = time.perf_counter()
+                render(registry, True, gzip=True)
+                warm_gzip.append(time.perf_counter() - start)
         out[str(target)] = {"series": count_series(text), "seconds_median": statistics.median(cold),
                             "warm_seconds_median": statistics.median(warm), "renderer": render.__module__,
+                            "warm_openmetrics_gzip_seconds_median": statistics.median(warm_gzip) if warm_gzip else None,
                             "bytes": len(text), "gzip_bytes": len(gzip.compress(text, 6))}
-        if not a.exporter_path:  # the same exposition as prometheus_client (process_* changes meanwhile)
-            own = [line for line in text.splitlines() if not line.startswith((b"process_", b"# HELP process_"))]
-            library = [line for line in generate_latest(registry).splitlines()
-                       if not line.startswith((b"process_", b"# HELP process_"))]
-            assert own == library, "the renderer differs from prometheus_client"
     return out
 
 

@@ -17,7 +17,10 @@ prometheus_client. tests/test_exposition.py proves both renderings parse to the 
 
 from __future__ import annotations
 
+import gzip
+import struct
 import time
+import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -25,7 +28,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
@@ -188,9 +191,9 @@ class Metrics:
             elif isinstance(fact, Evicted):
                 self._evicted[fact.reason].inc()
 
-    def exposition(self, accept: str = "") -> tuple[bytes, str]:
-        """The body of /metrics for an Accept header, and its Content-Type."""
-        return exposition(self.registry, accept)
+    def exposition(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+        """The body of /metrics for the request's Accept and Accept-Encoding, and its headers."""
+        return exposition(self.registry, accept, accept_encoding)
 
     def track(self, tracked: Callable[[], int]) -> None:
         """Expose the number of calls held in memory, read at scrape time."""
@@ -391,6 +394,7 @@ class _Family(Metric, Collector):
         self._labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
         self._blocks: dict[bool, bytes] = {}  # the rendered family by format (OpenMetrics?)
+        self._deflated: dict[bool, tuple[bytes, bytes]] = {}  # a block and its compressed piece
         text_name = name + self._text_suffix
         self._headers = {
             False: f"# HELP {text_name} {_escape_help(documentation)}\n# TYPE {text_name} {self.type}\n",
@@ -580,30 +584,33 @@ class _Listed:
         return self.metrics
 
 
-def render(registry: CollectorRegistry, om: bool = False,
-           encoder: Callable[[Any], bytes] | None = None) -> bytes:
-    """The exposition of every collector in `registry`: text format, or OpenMetrics if `om`.
+def render(registry: CollectorRegistry, om: bool = False, encoder: Callable[[Any], bytes] | None = None,
+           gzip: bool = False) -> bytes:
+    """The exposition of every collector in `registry`: text format, or OpenMetrics if `om`;
+    gzip-compressed if `gzip`.
 
     This module's families render themselves (what changed since the last scrape); other
     collectors' families are rendered by prometheus_client's `encoder` for the format.
     """
     if encoder is None:
         encoder = openmetrics.generate_latest if om else generate_latest
-    parts: list[bytes] = []
+    parts: list[tuple[bytes, _Family | None]] = []
     others: list[Metric] = []
     for metric in registry.collect():
         if isinstance(metric, _Family):
             if others:
-                parts.append(_rendered_by(encoder, others, om))
+                parts.append((_rendered_by(encoder, others, om), None))
                 others = []
-            parts.append(metric.render(om))
+            parts.append((metric.render(om), metric))
         else:
             others.append(metric)
     if others:
-        parts.append(_rendered_by(encoder, others, om))
+        parts.append((_rendered_by(encoder, others, om), None))
     if om:
-        parts.append(_EOF)
-    return b"".join(parts)
+        parts.append((_EOF, None))
+    if gzip:
+        return _gzip(parts, om)
+    return b"".join(part for part, _ in parts)
 
 
 def _rendered_by(encoder: Callable[[Any], bytes], metrics: list[Metric], om: bool) -> bytes:
@@ -611,17 +618,50 @@ def _rendered_by(encoder: Callable[[Any], bytes], metrics: list[Metric], om: boo
     return body[: -len(_EOF)] if om else body
 
 
-def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
-    """`/metrics` for a request's Accept header: the body and its Content-Type.
+#: A gzip member's header: deflate, no name, no time, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+#: An empty final deflate block: ends the stream of pieces.
+_LAST_BLOCK = b"\x03\x00"
+
+
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate of `data`, not final and ending on a byte boundary (a sync flush): such
+    pieces, compressed separately, concatenate into one valid deflate stream."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _gzip(parts: list[tuple[bytes, _Family | None]], om: bool) -> bytes:
+    """One gzip member of the parts, each family's piece compressed again only when its text changed."""
+    pieces, crc, size = [_GZIP_HEADER], 0, 0
+    for part, family in parts:
+        if family is None:
+            pieces.append(_deflate(part))
+        else:
+            kept = family._deflated.get(om)
+            if kept is None or kept[0] is not part:  # `render` made a new block: it changed
+                kept = family._deflated[om] = (part, _deflate(part))
+            pieces.append(kept[1])
+        crc, size = zlib.crc32(part, crc), size + len(part)
+    pieces += [_LAST_BLOCK, struct.pack("<II", crc, size & 0xFFFFFFFF)]
+    return b"".join(pieces)
+
+
+def exposition(registry: CollectorRegistry, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+    """`/metrics` for a request's Accept and Accept-Encoding headers: the body and its headers.
 
     The format is negotiated by prometheus_client. Escaping schemes that leave legacy
     names as they are (all of this exporter's names are) render here; "dots" rewrites
     every name and is left to prometheus_client.
     """
     encoder, content_type = choose_encoder(accept)
+    headers = {"Content-Type": content_type}
+    compress = gzip_accepted(accept_encoding)
+    if compress:
+        headers["Content-Encoding"] = "gzip"
     options = encoder.keywords if isinstance(encoder, partial) else {}
     if options.get("escaping", openmetrics.UNDERSCORES) == openmetrics.DOTS:
-        return encoder(registry), content_type
+        body = encoder(registry)
+        return (gzip.compress(body) if compress else body), headers
     om = getattr(encoder, "func", encoder) is openmetrics.generate_latest
-    return render(registry, om, encoder), content_type
-
+    return render(registry, om, encoder, gzip=compress), headers

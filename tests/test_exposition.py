@@ -9,6 +9,7 @@ operations checks that what a scrape keeps from the last one is re-rendered when
 
 from __future__ import annotations
 
+import gzip
 import math
 from unittest import mock
 
@@ -118,6 +119,8 @@ def test_same_samples_as_prometheus_client(case):
             assert parsed(actual.decode(), parse) == parsed(expected.decode(), parse)
             assert actual == expected
             assert encode(ours) == expected  # the families read as prometheus_client Metrics too
+            # gzip from compressed pieces, kept per family while its text is unchanged
+            assert gzip.decompress(render(ours, om, gzip=True)) == expected
 
 
 @pytest.mark.parametrize(
@@ -146,7 +149,10 @@ def test_negotiation_matches_prometheus_client(accept, content_type):
     counter.labels("a").inc()
     metrics.Histogram("mtt_test_seconds", "Test.", registry=registry, buckets=(1, 2)).observe(1.5, {"call_id": 'A"B\\C'})
     prometheus_client.GCCollector(registry=registry)
-    body, served_type = exposition(registry, accept)
     encoder, expected_type = choose_encoder(accept)
-    assert served_type == expected_type == content_type
+    body, headers = exposition(registry, accept)
+    assert headers == {"Content-Type": content_type} and expected_type == content_type
     assert body == encoder(registry)
+    body, headers = exposition(registry, accept, "deflate, gzip;q=0.9")
+    assert headers == {"Content-Type": content_type, "Content-Encoding": "gzip"}
+    assert gzip.decompress(body) == encoder(registry)
