@@ -26,7 +26,7 @@ from . import __version__
 from .clock import ProcessClock
 from .correlator import Correlator
 from .metrics import Metrics
-from .model import Notification, PayloadError, Reason, mask_number, parse
+from .model import Notification, PayloadError, Reason, Wire, decode_wire, mask_number, parse
 from .record import Recorder
 from .settings import Settings
 from .state import SharedState
@@ -247,8 +247,11 @@ async def _notify(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, 413, Reason.TOO_LARGE, too_large)  # aiohttp reads the rest away, briefly
     try:
-        async with asyncio.timeout(settings.read_timeout):
+        if request.content.is_eof():  # the body came with the head, as a notification's does: no wait, no timer
             body = await request.read()
+        else:
+            async with asyncio.timeout(settings.read_timeout):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:  # chunked or decompressed past the limit: read no further
         return _refuse(request, 413, Reason.TOO_LARGE, too_large, close=True)
     except (web.RequestPayloadError, ConnectionResetError):  # bad gzip or chunks; client gone
@@ -259,14 +262,16 @@ async def _notify(request: web.Request) -> web.Response:
         app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
     try:
-        value = decode(body, request.content_type)
+        value = decode_wire(body)  # the usual notification, typed in one step; None: anything else
+        if value is None:
+            value = decode(body, request.content_type)
         if isinstance(value, list):
             if not value:
                 raise PayloadError(Reason.INVALID, "empty batch")
             if len(value) > settings.max_batch_items:
                 return _refuse(request, 413, Reason.TOO_MANY_ITEMS, f"batch longer than {settings.max_batch_items} items")
             items, batch = value, True
-        elif isinstance(value, dict):
+        elif isinstance(value, dict | Wire):
             items, batch = [value], False
         else:
             raise PayloadError(Reason.MALFORMED, f"expected a JSON object or array, got {type(value).__name__}")
