@@ -16,9 +16,12 @@ test: $(VENV)/.test-installed system-deps
 golden: $(VENV)/.test-installed
 	$(PY) -m pytest tests/test_golden.py --update-golden
 
-# Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table (stdlib only).
-dashboards:
-	$(PYTHON) dashboards/generate.py
+# Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table from CONFIG (a YAML
+# file merged over dashboards/config.yml), into OUT (default: this repository).
+CONFIG ?= dashboards/config.yml
+OUT ?=
+dashboards: $(VENV)/.test-installed
+	$(PY) dashboards/generate.py --config $(CONFIG) $(if $(OUT),--out $(OUT))
 
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps

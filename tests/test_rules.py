@@ -16,12 +16,14 @@ import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import pytest
 import yaml
 
 from mtt_exporter.cause import cause_class, cause_name
 
-from .grafana import ROOT, RULE_FILES
+from .grafana import CLUSTER_CONFIG, CLUSTER_LABELS, ROOT, render_mixin, rule_files
 
 RUNBOOK = ROOT / "docs" / "runbook.md"
 INSTANCE = "exporter:9888"
@@ -90,10 +92,38 @@ def counters(mix: Mix) -> dict[str, float]:
     return out
 
 
-def labelled(series: str, job: str) -> str:
+@dataclass(frozen=True)
+class Mixin:
+    """Rules generated for one config, and the target labels its selector and aggregation need."""
+
+    root: Path
+    #: labels of every scraped series beside job and instance
+    target: dict[str, str] = field(default_factory=dict)
+    #: labels an aggregated alert keeps beside job
+    kept: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rule_files(self) -> list[Path]:
+        return rule_files(self.root)
+
+
+DEFAULT = Mixin(ROOT)
+
+
+@pytest.fixture(scope="module", params=["default", "cluster-job"])
+def mixin(request, tmp_path_factory) -> Mixin:
+    """The committed rules, and the rules of a config aggregating by cluster and job under a selector."""
+    if request.param == "default":
+        return DEFAULT
+    return Mixin(render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG), CLUSTER_LABELS,
+                 {"cluster": CLUSTER_LABELS["cluster"]})
+
+
+def labelled(series: str, job: str, target: dict[str, str] | None = None) -> str:
     name, _, rest = series.partition("{")
     extra = ", " + rest.rstrip("}") if rest else ""
-    return f'{name}{{job="{job}", instance="{INSTANCE}"{extra}}}'
+    more = "".join(f', {k}="{v}"' for k, v in (target or {}).items())
+    return f'{name}{{job="{job}", instance="{INSTANCE}"{more}{extra}}}'
 
 
 # --- expectations ------------------------------------------------------------------------
@@ -122,7 +152,7 @@ class Scenario:
     firing: dict[int, list[Firing]]
     up: Callable[[int], bool] = lambda minute: True
 
-    def input_series(self) -> list[dict]:
+    def input_series(self, target: dict[str, str] | None = None) -> list[dict]:
         minutes = range(at(self.days, 0) + 1)
         increments = [counters(self.traffic(minute)) for minute in minutes]
         names = sorted(set(counters(NORMAL)).union(*increments))
@@ -133,9 +163,9 @@ class Scenario:
             for name in names:
                 totals[name] += increment.get(name, 0)
                 values[name].append(totals[name] if up else None)
-        series = [{"series": labelled(name, self.name), "values": encode(values[name])} for name in names]
-        series.append({"series": labelled("up", self.name), "values": encode([float(u) for u in health])})
-        series.append({"series": labelled('mtt_exporter_build_info{version="0.1.0"}', self.name),
+        series = [{"series": labelled(name, self.name, target), "values": encode(values[name])} for name in names]
+        series.append({"series": labelled("up", self.name, target), "values": encode([float(u) for u in health])})
+        series.append({"series": labelled('mtt_exporter_build_info{version="0.1.0"}', self.name, target),
                        "values": encode([1.0 if u else None for u in health])})
         return series
 
@@ -256,8 +286,12 @@ WEEK_SCENARIOS = [
 # --- promtool test files -----------------------------------------------------------------
 
 
-def load_alerts() -> dict[str, dict]:
-    groups = yaml.safe_load(RULE_FILES[1].read_text())["groups"]
+#: Alerts on one target rather than an aggregation: they keep every label of its `up` series.
+TARGET_ALERTS = {"MttExporterDown"}
+
+
+def load_alerts(mixin: Mixin = DEFAULT) -> dict[str, dict]:
+    groups = yaml.safe_load(mixin.rule_files[1].read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"]}
 
 
@@ -267,9 +301,10 @@ def fill(template: str, labels: dict[str, str], value: str) -> str:
     return re.sub(r"\{\{ \$value(?: \| \w+)? \}\}", value, text)
 
 
-def promtool_file(name: str, scenarios: list[Scenario], checks: tuple[int, ...], evaluation_interval: str) -> dict:
+def promtool_file(mixin: Mixin, name: str, scenarios: list[Scenario], checks: tuple[int, ...],
+                  evaluation_interval: str) -> dict:
     """One promtool test: each scenario a job; at every check time, exactly the alerts expected."""
-    alerts = load_alerts()
+    alerts = load_alerts(mixin)
     for s in scenarios:
         assert set(s.firing) <= set(checks), s.name
         assert {f.alert for fs in s.firing.values() for f in fs} <= alerts.keys(), s.name
@@ -279,36 +314,37 @@ def promtool_file(name: str, scenarios: list[Scenario], checks: tuple[int, ...],
             expected = []
             for s in scenarios:
                 for f in (f for f in s.firing.get(minute, []) if f.alert == alert):
-                    labels = {"job": s.name, **dict(f.labels)}
+                    kept = mixin.target if alert in TARGET_ALERTS else mixin.kept
+                    labels = {"job": s.name, **kept, **dict(f.labels)}
                     expected.append({
                         "exp_labels": {**labels, **rule["labels"]},
                         "exp_annotations": {k: fill(v, labels, f.value) for k, v in rule["annotations"].items()},
                     })
             tests.append({"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": expected})
-    series = [item for s in scenarios for item in s.input_series()]
+    series = [item for s in scenarios for item in s.input_series(mixin.target)]
     # recording groups first: otherwise, when an alert group happens to run first, it sees the
     # recorded series of the previous step, beyond the 5-minute lookback at a 15-minute step
-    groups = [g["name"] for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
-    return {"rule_files": [str(f) for f in RULE_FILES], "evaluation_interval": evaluation_interval,
+    groups = [g["name"] for f in mixin.rule_files for g in yaml.safe_load(f.read_text())["groups"]]
+    return {"rule_files": [str(f) for f in mixin.rule_files], "evaluation_interval": evaluation_interval,
             "group_eval_order": groups,
             "tests": [{"name": name, "interval": "1m", "input_series": series, "alert_rule_test": tests}]}
 
 
-def test_promtool_check_rules(promtool):
-    result = subprocess.run([promtool, "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True,
+def test_promtool_check_rules(promtool, mixin):
+    result = subprocess.run([promtool, "check", "rules", *map(str, mixin.rule_files)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 9 rules found" in result.stdout
 
 
-def test_promtool_unit_tests(promtool, tmp_path):
+def test_promtool_unit_tests(promtool, tmp_path, mixin):
     # the 2-day scenarios evaluate every 5 minutes, the week-long ones every 15 (promtool's cost is
     # per evaluation); both files run at once
     files = {"day": (DAY_SCENARIOS, DAY_CHECKS, "5m"), "week": (WEEK_SCENARIOS, WEEK_CHECKS, "15m")}
     runs = {}
     for name, (scenarios, checks, interval) in files.items():
         path = tmp_path / f"{name}.yml"
-        path.write_text(yaml.safe_dump(promtool_file(name, scenarios, checks, interval), sort_keys=False,
+        path.write_text(yaml.safe_dump(promtool_file(mixin, name, scenarios, checks, interval), sort_keys=False,
                                        width=1 << 16))
         runs[name] = subprocess.Popen([promtool, "test", "rules", str(path)], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
