@@ -72,6 +72,13 @@ MEANINGS: dict[str, tuple[str, bool]] = {
     "rejected_min_5m": ("traffic guard: notifications received (accepted + refused) in 5 minutes", False),
     "delay_p95_max": ("p95 of the notification delay over 5 minutes, seconds", False),
     "delay_min_5m": ("traffic guard: notifications in 5 minutes", False),
+    "silence_max": ("seconds since the last accepted notification (of any replica of the job)", False),
+    "traffic_from_hour_utc": (
+        "the silence counts from this hour of the day (UTC, 0-23) ...; 0 and 24: round the clock", False),
+    "traffic_until_hour_utc": ("... until this hour (UTC, 1-24, excluded): the hours notifications always flow", False),
+    "fallback_share_max": ("share of notifications correlated in local memory instead of the shared backend, "
+                           "5 minutes", True),
+    "fallback_min_5m": ("traffic guard: notifications accepted by the instance in 5 minutes", False),
 }
 
 
@@ -123,6 +130,9 @@ class Config:
         if bad := {k: v for k, v in severities.items() if v not in ("critical", "warning", "info")}:
             raise SystemExit(f"config: severities must be critical, warning or info: {bad}")
         board = raw["dashboards"]
+        hours = raw["thresholds"]["traffic_from_hour_utc"], raw["thresholds"]["traffic_until_hour_utc"]
+        if not (isinstance(hours[0], int) and isinstance(hours[1], int) and 0 <= hours[0] < hours[1] <= 24):
+            raise SystemExit(f"config: traffic hours must be whole hours, 0 <= from < until <= 24: {hours}")
         return cls(
             selector=selector, aggregation=aggregation,
             thresholds={k: Threshold(number(k, v), *MEANINGS[k]) for k, v in raw["thresholds"].items()},
@@ -379,6 +389,55 @@ def exporter_alerts() -> list[Alert]:
             "notifications sent to it are lost.",
             "a target that exposed mtt_exporter_build_info in the last day fails its scrapes",
         ),
+        Alert(
+            "MttExporterAbsent", "5m",
+            f"group by ({by()}) (last_over_time({sel('mtt_exporter_build_info')}[1d]))\n"
+            f"unless on ({on()}) {sel('up')}",
+            f"No MTT exporter of {who} is scraped any more",
+            f"{who} had an MTT exporter in the last day, but Prometheus scrapes none of it now (service "
+            "discovery lost it, or its scrape config was removed): nothing watches its notifications.",
+            "every target of the job (of the aggregation) that exposed mtt_exporter_build_info in the last day "
+            "is gone from service discovery",
+        ),
+        Alert(
+            "MttNotificationsSilent", "5m",
+            f"time() - max by ({by()}) (max_over_time({sel('mtt_last_notification_timestamp_seconds')}[1d]) > 0)\n"
+            f'  > {T["silence_max"]}\n'
+            f"and on ({on()}) max by ({by()}) ({sel('up')}) == 1"
+            + ("" if (T["traffic_from_hour_utc"].value, T["traffic_until_hour_utc"].value) == (0, 24) else
+               f'\nand on () hour() >= {T["traffic_from_hour_utc"]} < {T["traffic_until_hour_utc"]}'),
+            f"No MTT notification for {{{{ $value | humanizeDuration }}}} on {who}",
+            f"{who} has accepted no notification for {{{{ $value | humanizeDuration }}}} although its exporter is "
+            f'up, in hours when traffic always flows ({T["traffic_from_hour_utc"].shown}:00 to '
+            f'{T["traffic_until_hour_utc"].shown}:00 UTC).',
+            "exporter up, last accepted notification longer ago than the threshold, in the traffic hours "
+            "(works from the first hour, unlike MttNotificationsStopped)",
+            ("silence_max", "traffic_from_hour_utc", "traffic_until_hour_utc"),
+        ),
+        Alert(
+            "MttStateBackendDown", "5m",
+            f"max by ({by('instance')}) ({sel('mtt_state_backend_up')}) == 0",
+            "MTT exporter {{ $labels.instance }} cannot reach its state backend",
+            f"The shared state backend (Redis/Valkey) does not answer {{{{ $labels.instance }}}} ({who}): it "
+            "correlates notifications in its own memory, so calls whose notifications reach several replicas "
+            "are counted wrong until the backend is back.",
+            "mtt_state_backend_up is 0 (only with --state-backend)",
+        ),
+        Alert(
+            "MttStateBackendFallback", "10m",
+            f"sum by ({by('instance')}) (rate({sel('mtt_state_backend_fallbacks_total')}[5m]))\n"
+            f"  / sum by ({by('instance')}) (rate({sel('mtt_notifications_total')}[5m]))\n"
+            f'  > {T["fallback_share_max"]}\n'
+            f"and on ({on('instance')}) sum by ({by('instance')}) (increase({sel('mtt_notifications_total')}[5m]))"
+            f' >= {T["fallback_min_5m"]}',
+            "MTT exporter {{ $labels.instance }} correlates notifications locally",
+            f"{{{{ $value | humanizePercentage }}}} of the notifications of {{{{ $labels.instance }}}} ({who}) in "
+            f"the last 5 minutes were correlated in local memory instead of the shared state backend "
+            f'(threshold {T["fallback_share_max"].shown}).',
+            "share of notifications correlated locally (backend unreachable, contended, or calls kept local "
+            "since an outage), 5 min",
+            ("fallback_share_max", "fallback_min_5m"),
+        ),
     ]
 
 
@@ -467,6 +526,7 @@ def ratio_steps(low: float, ok: float) -> dict:
     return steps("red", (low, "orange"), (ok, "green"))
 
 
+UP_DOWN = [{"type": "value", "options": {"0": {"text": "DOWN", "index": 0}, "1": {"text": "UP", "index": 1}}}]
 NO_TRAFFIC = [{"type": "special", "options": {"match": "nan", "result": {"text": "no traffic", "index": 0}}}]
 
 
@@ -507,12 +567,13 @@ class Board:
         self._place(panel, w, h)
 
     def stat(self, title: str, description: str, expr: str, *, unit: str, thresholds: dict, w: int,
-             decimals: int | None = None, legend: str = "", text_mode: str = "value", **defaults) -> None:
+             decimals: int | None = None, legend: str = "", text_mode: str = "value", graph_mode: str = "area",
+             **defaults) -> None:
         if decimals is not None:
             defaults["decimals"] = decimals
         self.panel(
             "stat", title, description, [target(expr, legend)], unit=unit, thresholds=thresholds, w=w, h=4,
-            options={"colorMode": "background", "graphMode": "area", "justifyMode": "auto",
+            options={"colorMode": "background", "graphMode": graph_mode, "justifyMode": "auto",
                      "orientation": "auto", "textMode": text_mode, "wideLayout": True,
                      "showPercentChange": False,
                      "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
@@ -721,12 +782,15 @@ def exporter_dashboard() -> dict:
     b.row("Exporter")
     b.stat("Up", "Whether Prometheus' last scrape of each instance succeeded.",
            f'up{{{scope()}}}', unit="short", legend="{{instance}}", text_mode="value_and_name",
-           thresholds=steps("red", (1, "green")), w=6,
-           mappings=[{"type": "value", "options": {"0": {"text": "DOWN", "index": 0},
-                                                   "1": {"text": "UP", "index": 1}}}])
+           thresholds=steps("red", (1, "green")), w=4, mappings=UP_DOWN)
     b.stat("Version", "Exporter version (mtt_exporter_build_info) and how many instances run it.",
            f"count by (version) ({sel('mtt_exporter_build_info')})", unit="short", legend="{{version}}",
-           text_mode="value_and_name", thresholds=steps("blue"), w=6, decimals=0)
+           text_mode="value_and_name", thresholds=steps("blue"), w=4, decimals=0)
+    b.stat("Since last notification", "Time since the last accepted notification of any instance shown "
+           "(mtt_last_notification_timestamp_seconds). Red: the MttNotificationsSilent threshold.",
+           f"time() - max({sel('mtt_last_notification_timestamp_seconds')} > 0)", unit="s",
+           thresholds=steps("green", (T["silence_max"].value / 2, "orange"), (T["silence_max"].value, "red")),
+           w=4, decimals=0, graph_mode="none")
     b.stat("Notifications / s", "Notifications accepted per second, duplicates included.",
            f"sum({rate('mtt_notifications_total')})", unit="cps", thresholds=steps("blue"), w=4, decimals=2)
     b.stat("Refused share", "Notifications and requests refused over all received (accepted + refused).",
@@ -768,6 +832,30 @@ def exporter_dashboard() -> dict:
              "for --call-ttl, e.g. a lost hangup) or capacity (--max-calls reached: raise it).",
              [target(f"sum by (reason) ({rate('mtt_calls_evicted_total')}) * 60", "{{reason}}")],
              unit="cpm", stack=True, thresholds=steps("green", (0.000001, "red")))
+
+    b.row("State backend (with --state-backend)")
+    b.stat("State backend", "Whether each instance reaches the shared state backend (Redis/Valkey); DOWN: it "
+           "correlates in local memory. Empty without --state-backend.",
+           sel("mtt_state_backend_up"), unit="short", legend="{{instance}}", text_mode="value_and_name",
+           thresholds=steps("red", (1, "green")), w=6, mappings=UP_DOWN)
+    b.series("Calls in the state backend", "Calls held in the shared backend and, of those, in progress, as of "
+             "the last tick (the same on every replica: the max of them).", [
+                 target(f"max by ({C.by()}) ({sel('mtt_state_backend_calls')})", f"{C.legend} held"),
+                 target(f"max by ({C.by()}) ({sel('mtt_state_backend_calls_in_progress')})",
+                        f"{C.legend} in progress"),
+             ], unit="short", w=6)
+    b.series("Correlated locally", "Share of each instance's notifications correlated in local memory instead "
+             "of the backend (outage, calls kept local since, contention). Dashed line: the "
+             "MttStateBackendFallback threshold.", [
+                 target(f"sum by (instance) ({rate('mtt_state_backend_fallbacks_total')})\n"
+                        f"  / sum by (instance) ({rate('mtt_notifications_total')})", "{{instance}}"),
+             ], unit="percentunit", w=6, max=1,
+             thresholds=steps("transparent", (T["fallback_share_max"].value, "red")), threshold_style="dashed")
+    b.series("Backend errors and retries", "Failed requests to the backend per second by operation, and writes "
+             "retried because another replica changed the call first.", [
+                 target(f"sum by (operation) ({rate('mtt_state_backend_errors_total')})", "errors {{operation}}"),
+                 target(f"sum({rate('mtt_state_backend_retries_total')})", "retries"),
+             ], unit="cps", w=6, thresholds=steps("green", (0.000001, "red")))
 
     b.row("Process")
     b.series("Scrape duration", "Time Prometheus took to scrape /metrics, per instance.",

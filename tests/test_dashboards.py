@@ -130,10 +130,13 @@ def test_dashboard_lint(name, config, cluster_boards):
 
 def test_every_query_is_scoped_and_exporter_metrics_are_all_shown():
     from mtt_exporter.metrics import Metrics
+    from mtt_exporter.state import BackendStats
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
-    Metrics(registry).track(lambda: 0)
+    metrics = Metrics(registry)
+    metrics.track(lambda: 0)
+    metrics.track_backend(BackendStats())
     families = {m.name for m in registry.collect()}
     shown = {name for board in BOARDS.values() for _, expr in queries(board) for name in metric_names(expr)}
     for family in families:

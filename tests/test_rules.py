@@ -52,6 +52,8 @@ class Mix:
     evicted_capacity: int = 0
     #: notifications arrive ~a minute late instead of within a second
     slow: bool = False
+    #: notifications correlated in local memory instead of the shared state backend
+    fallbacks: int = 0
 
     def with_legs(self, **changes: int) -> Mix:
         """A copy with legs changed, e.g. answered_16=2, no_answer_19=14."""
@@ -89,6 +91,8 @@ def counters(mix: Mix) -> dict[str, float]:
         out[f'mtt_notification_delay_seconds_bucket{{le="{le}"}}'] += 0 if mix.slow and le == "1" else accepted
     out[f'mtt_notifications_rejected_total{{reason="{REJECTED_REASON}"}}'] += mix.rejected.get(REJECTED_REASON, 0)
     out['mtt_calls_evicted_total{reason="capacity"}'] += mix.evicted_capacity
+    if mix.fallbacks:
+        out["mtt_state_backend_fallbacks_total"] += mix.fallbacks
     return out
 
 
@@ -151,20 +155,35 @@ class Scenario:
     traffic: Callable[[int], Mix]
     firing: dict[int, list[Firing]]
     up: Callable[[int], bool] = lambda minute: True
+    #: whether the target is in service discovery at all (when not, even `up` is absent)
+    present: Callable[[int], bool] = lambda minute: True
+    #: with --state-backend: whether the backend answers (None: no backend, no such series)
+    backend_up: Callable[[int], bool] | None = None
 
     def input_series(self, target: dict[str, str] | None = None) -> list[dict]:
         minutes = range(at(self.days, 0) + 1)
-        increments = [counters(self.traffic(minute)) for minute in minutes]
+        mixes = [self.traffic(minute) for minute in minutes]
+        increments = [counters(mix) for mix in mixes]
         names = sorted(set(counters(NORMAL)).union(*increments))
         totals = dict.fromkeys(names, 0.0)
         values: dict[str, list[float | None]] = {name: [] for name in names}
-        health = [self.up(minute) for minute in minutes]
+        present = [self.present(minute) for minute in minutes]
+        health = [self.up(minute) and p for minute, p in zip(minutes, present)]
         for up, increment in zip(health, increments):
             for name in names:
                 totals[name] += increment.get(name, 0)
                 values[name].append(totals[name] if up else None)
-        series = [{"series": labelled(name, self.name, target), "values": encode(values[name])} for name in names]
-        series.append({"series": labelled("up", self.name, target), "values": encode([float(u) for u in health])})
+        # the receipt time of the last notification: the last minute with traffic, 0 before any
+        last, stamps = 0.0, []
+        for minute, mix, up in zip(minutes, mixes, health):
+            last = minute * 60.0 if mix.legs else last
+            stamps.append(last if up else None)
+        values["mtt_last_notification_timestamp_seconds"] = stamps
+        if self.backend_up is not None:
+            values["mtt_state_backend_up"] = [float(self.backend_up(m)) if u else None for m, u in zip(minutes, health)]
+        series = [{"series": labelled(name, self.name, target), "values": encode(v)} for name, v in values.items()]
+        series.append({"series": labelled("up", self.name, target),
+                       "values": encode([float(u) if p else None for u, p in zip(health, present)])})
         series.append({"series": labelled('mtt_exporter_build_info{version="0.1.0"}', self.name, target),
                        "values": encode([1.0 if u else None for u in health])})
         return series
@@ -216,7 +235,7 @@ CAUSE_34 = Firing("MttHangupCauseSpike", "30.3%", hangup_labels(34))  # 10 of 33
 RESOURCES = Firing("MttHangupCauseClassSpike", "33.33%", (("cause_class", "resource_unavailable"),))  # 34 and 41
 
 #: Every day scenario is checked at all of these times: the night, before, during and after the incidents.
-DAY_CHECKS = (at(D1, 3), at(D1, 5, 55), at(D1, 9, 55), at(D1, 10, 30), at(D1, 11, 30), at(D1, 14))
+DAY_CHECKS = (at(D1, 3), at(D1, 5, 55), at(D1, 9, 55), at(D1, 10, 30), at(D1, 11, 30), at(D1, 14), at(D1, 21))
 DAY_SCENARIOS = [
     Scenario("idle", 2, lambda m: QUIET, {}),
     Scenario(
@@ -260,6 +279,33 @@ DAY_SCENARIOS = [
         {t: [Firing("MttExporterDown", labels=(("instance", INSTANCE),))] for t in (at(D1, 10, 30), at(D1, 11, 30))},
         up=lambda m: not INCIDENT <= m < INCIDENT_END,
     ),
+    # gone from service discovery: no `up` at all, so MttExporterDown cannot see it
+    Scenario("vanished", 2, business_days(), {t: [Firing("MttExporterAbsent")] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+             present=lambda m: not INCIDENT <= m < INCIDENT_END),
+    Scenario(
+        # a new installation: its first notifications ever at 09:00-09:30 on the second day, then none;
+        # no week (not even a day) of history, which MttNotificationsStopped needs
+        "first-day-silent", 2, lambda m: NORMAL if at(D1, 9) <= m < at(D1, 9, 30) else QUIET,
+        {t: [Firing("MttNotificationsSilent", value, ())]
+         for t, value in ((at(D1, 10, 30), "1h 1m 0s"), (at(D1, 11, 30), "2h 1m 0s"), (at(D1, 14), "4h 31m 0s"))},
+    ),
+    Scenario(
+        # the backend is down 10:00-12:00: every notification (58 a minute) is correlated locally
+        "backend-down", 2, business_days(replace(NORMAL, fallbacks=58), INCIDENT, INCIDENT_END),
+        {t: [Firing("MttStateBackendDown", labels=(("instance", INSTANCE),)),
+             Firing("MttStateBackendFallback", "100%", (("instance", INSTANCE),))]
+         for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        backend_up=lambda m: not INCIDENT <= m < INCIDENT_END,
+    ),
+    Scenario(
+        # the backend answers, but 10 of 58 notifications a minute are correlated locally (calls kept
+        # local since a blip); 2 of 58 the rest of the day stay below the threshold
+        "backend-fallback", 2,
+        daytime(lambda m: replace(NORMAL, fallbacks=10 if INCIDENT <= m < INCIDENT_END else 2)),
+        {t: [Firing("MttStateBackendFallback", "17.24%", (("instance", INSTANCE),))]
+         for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        backend_up=lambda m: True,
+    ),
 ]
 
 D7 = 7  # the week-long scenarios compare day 7 with day 0
@@ -270,8 +316,11 @@ WEEK_SCENARIOS = [
     Scenario(
         # the feed dies at 10:00 on day 7; a week ago 58 notifications a minute arrived until 20:00
         "feed-stopped", 8, business_days(QUIET, at(D7, 10), at(D7, 24)),
-        {t: [Firing("MttNotificationsStopped", "58")]
-         for t in (at(D7, 10, 30), at(D7, 11, 45), at(D7, 14), at(D7, 16, 30))},
+        # MttNotificationsSilent follows once the silence exceeds 30 minutes (and 5 more), until 20:00
+        {at(D7, 10, 30): [Firing("MttNotificationsStopped", "58")],
+         **{t: [Firing("MttNotificationsStopped", "58"), Firing("MttNotificationsSilent", silence)]
+            for t, silence in ((at(D7, 11, 45), "1h 46m 0s"), (at(D7, 14), "4h 1m 0s"),
+                               (at(D7, 16, 30), "6h 31m 0s"))}},
     ),
     Scenario(
         # ASR dips 10:00-12:00 on day 0 and day 7 (a weekly pattern: no alert), and 15:00-17:00 on day 7
@@ -334,7 +383,7 @@ def test_promtool_check_rules(promtool, mixin):
     result = subprocess.run([promtool, "check", "rules", *map(str, mixin.rule_files)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_promtool_unit_tests(promtool, tmp_path, mixin):
@@ -378,5 +427,5 @@ def test_alerts_are_documented():
         assert annotations["summary"] and annotations["description"], name
         assert annotations["runbook_url"].endswith(f"docs/runbook.md#{name.lower()}"), name
         assert name in headings, f"docs/runbook.md has no section for {name}"
-        if name != "MttExporterDown":  # its value is up == 0; the instance says it all
+        if name not in ("MttExporterDown", "MttExporterAbsent", "MttStateBackendDown"):  # value 0 or 1: no news
             assert "$value" in annotations["description"], name
