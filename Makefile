@@ -9,7 +9,7 @@ ARGS ?=
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
 
-test: $(VENV)/.test-installed system-deps
+test: $(VENV)/.test-installed system-deps $(SCHEMA_CHECK)/node_modules/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate the golden exposition after an intended change of the metrics.
@@ -26,6 +26,14 @@ dashboards: $(VENV)/.test-installed
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps
 	$(PY) bench/run.py $(ARGS)
+
+# Grafana's schema and tsc for the dashboards' type check (tests/test_dashboards.py), from the lock file;
+# without npm the check skips (and fails in CI).
+SCHEMA_CHECK := dashboards/schema-check
+$(SCHEMA_CHECK)/node_modules/.installed: $(SCHEMA_CHECK)/package.json $(SCHEMA_CHECK)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(SCHEMA_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm missing: the dashboards' Grafana schema check will skip" >&2; fi
 
 # promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
 system-deps:
@@ -44,4 +52,4 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache $(SCHEMA_CHECK)/node_modules

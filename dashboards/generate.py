@@ -575,7 +575,7 @@ class Board:
             "stat", title, description, [target(expr, legend)], unit=unit, thresholds=thresholds, w=w, h=4,
             options={"colorMode": "background", "graphMode": graph_mode, "justifyMode": "auto",
                      "orientation": "auto", "textMode": text_mode, "wideLayout": True,
-                     "showPercentChange": False,
+                     "showPercentChange": False, "percentChangeColorMode": "standard",
                      "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
             extra={"interval": "1m"}, color={"mode": "thresholds"}, **{"mappings": NO_TRAFFIC, **defaults})
 
@@ -612,14 +612,16 @@ class Board:
 
 def variables() -> list[dict]:
     def query(name: str, label: str, expr: str) -> dict:
-        return {"name": name, "label": label, "type": "query", "datasource": DS, "definition": expr,
+        return {"name": name, "label": label, "type": "query", "datasource": DS,
                 "query": {"query": expr, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-                "refresh": 2, "includeAll": True, "multi": True, "allValue": ".+", "current": {},
+                "refresh": 2, "includeAll": True, "multi": True, "allValue": ".+",
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
                 "options": [], "regex": "", "sort": 1, "hide": 0, "skipUrlSync": False}
 
     return [
-        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-         "current": {}, "options": [], "refresh": 1, "regex": "", "hide": 0, "includeAll": False,
+        # no `current`: Grafana takes the default Prometheus data source
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "options": [],
+         "refresh": 1, "regex": "", "hide": 0, "includeAll": False,
          "multi": False, "skipUrlSync": False},
     ] + [
         # each variable chained to the ones before it: the instances of the jobs of the clusters chosen
@@ -632,8 +634,10 @@ def variables() -> list[dict]:
 def dashboard(uid: str, title: str, description: str, board: Board) -> dict:
     alerts = {
         "name": "MTT alerts", "datasource": DS, "enable": True, "iconColor": "red",
-        "expr": f'ALERTS{{alertstate="firing", alertname=~"Mtt.*", {scope(C.aggregation, selector=False)}}}',
-        "step": "1m", "titleFormat": "{{alertname}}", "textFormat": f"{C.legend} {{{{cause}}}} {{{{cause_class}}}} {{{{reason}}}}",
+        # the query in `target`, as Grafana 11 saves a Prometheus annotation (top-level expr/step are legacy)
+        "target": {"expr": f'ALERTS{{alertstate="firing", alertname=~"Mtt.*", {scope(C.aggregation, selector=False)}}}',
+                   "interval": "1m", "refId": "Anno"},
+        "titleFormat": "{{alertname}}", "textFormat": f"{C.legend} {{{{cause}}}} {{{{cause_class}}}} {{{{reason}}}}",
         "tagKeys": "severity", "useValueForTime": False,
     }
     return {
@@ -650,7 +654,8 @@ def dashboard(uid: str, title: str, description: str, board: Board) -> dict:
         "id": None,
         "links": [{"asDropdown": False, "icon": "external link", "includeVars": True, "keepTime": True,
                    "tags": list(C.tags[:1]), "targetBlank": False, "title": "MTT dashboards",
-                   "type": "dashboards"}],
+                   "tooltip": "The other MTT dashboards, with the same time range and variables", "type": "dashboards",
+                   "url": ""}],
         "panels": board.panels,
         "refresh": C.refresh,
         "schemaVersion": 39,
@@ -919,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="a YAML file merged over dashboards/config.yml (default: that file alone)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="directory to write dashboards/, rules/ and docs/runbook.md into (default: the repository)")
+                        help="directory to write dashboards/, rules/ and docs/runbook.md into "
+                             "(default: the repository)")
     parser.add_argument("--check", action="store_true", help="fail if a generated file is out of date")
     args = parser.parse_args(argv)
     out = args.out or ROOT

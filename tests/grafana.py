@@ -74,8 +74,8 @@ def queries(dashboard: dict) -> Iterator[tuple[str, str]]:
         for target in panel["targets"]:
             yield f"{panel['title']} / {target['refId']}", target["expr"]
     for annotation in dashboard["annotations"]["list"]:
-        if "expr" in annotation:
-            yield f"annotation {annotation['name']}", annotation["expr"]
+        if "expr" in annotation.get("target", {}):
+            yield f"annotation {annotation['name']}", annotation["target"]["expr"]
 
 
 def variable_queries(dashboard: dict) -> Iterator[tuple[str, str, str]]:

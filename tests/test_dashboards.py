@@ -1,11 +1,18 @@
-"""Dashboards: generated files are up to date, and a structural lint of the Grafana JSON."""
+"""Dashboards: generated files are up to date, a structural lint, and Grafana 11's own schema (tsc)."""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from . import grafana_schema
 from .grafana import (CLUSTER_CONFIG, DASHBOARDS, DATASOURCE, ROOT, dashboards, generator, metric_names, render_mixin,
                       panels, queries)
 
@@ -141,3 +148,72 @@ def test_every_query_is_scoped_and_exporter_metrics_are_all_shown():
     shown = {name for board in BOARDS.values() for _, expr in queries(board) for name in metric_names(expr)}
     for family in families:
         assert any(name == family or name.startswith(family + "_") for name in shown), f"{family} on no panel"
+
+
+# --- Grafana's own schema (npm @grafana/schema, tsc) -------------------------------------
+
+
+def tsc(source: Path) -> str:
+    """Type-check `source` with tsc; its error lines ("" when clean). Skips locally, fails in CI, without npm."""
+    if not grafana_schema.TSC.exists():
+        message = "dashboards/schema-check/node_modules missing (make test runs npm ci there)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    config = source.with_name("tsconfig.json")
+    config.write_text(json.dumps(grafana_schema.tsconfig(source)))
+    node = shutil.which("node") or pytest.fail("node missing beside npm")
+    result = subprocess.run([node, str(grafana_schema.TSC), "-p", str(config), "--pretty", "false"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode in (0, 2), result.stdout + result.stderr  # 2: type errors, anything else broke
+    return result.stdout
+
+
+@pytest.mark.parametrize("config", ["default", "cluster"])
+def test_dashboards_match_grafana_schema(tmp_path, config, cluster_boards):
+    source = tmp_path / "dashboards.ts"
+    source.write_text(grafana_schema.typescript(BOARDS if config == "default" else cluster_boards))
+    errors = tsc(source)
+    assert not errors, errors
+
+
+def _broken(change) -> dict:
+    board = copy.deepcopy(BOARDS["mtt-exporter.json"])
+    change(board)
+    return board
+
+
+def _stat(board: dict) -> dict:
+    return next(p for p in board["panels"] if p["type"] == "stat")
+
+
+def _series(board: dict) -> dict:
+    return next(p for p in board["panels"] if p["type"] == "timeseries")
+
+
+#: What the schema check must catch, each in a copy of a dashboard (the defects it found at first among them).
+BROKEN = [
+    pytest.param(lambda b: _stat(b)["options"].pop("percentChangeColorMode"), id="stat-without-percentChangeColorMode"),
+    pytest.param(lambda b: _stat(b)["options"].update(colorMode="rainbow"), id="value-outside-enum"),
+    pytest.param(lambda b: _stat(b)["options"].update(colourMode="background"), id="unknown-option"),
+    pytest.param(lambda b: _series(b)["options"].pop("legend"), id="missing-required-option"),
+    pytest.param(lambda b: _series(b)["fieldConfig"]["defaults"]["custom"].update(drawStyle="dots"),
+                 id="field-config-outside-enum"),
+    pytest.param(lambda b: b["templating"]["list"][1].update(current={}), id="variable-with-empty-current"),
+    pytest.param(lambda b: b["links"][0].pop("tooltip"), id="link-without-tooltip"),
+    pytest.param(lambda b: b["annotations"]["list"][1].update(expr="up", step="1m"), id="legacy-annotation"),
+    pytest.param(lambda b: b.update(refresh=30), id="refresh-not-a-string"),
+]
+
+
+def test_schema_check_catches_each_defect(tmp_path):
+    cases = {f"case_{p.id.replace('-', '_')}.json": _broken(p.values[0]) for p in BROKEN}
+    source = tmp_path / "dashboards.ts"
+    source.write_text(grafana_schema.typescript(cases))
+    lines = source.read_text().splitlines()
+    const = re.compile(r"export const (case_\w+?)(?:_panel_\d+)? ")
+    starts = [(i + 1, m[1]) for i, line in enumerate(lines) if (m := const.match(line))]
+    failed = set()
+    for number in (int(n) for n in re.findall(r"dashboards\.ts\((\d+),\d+\): error", tsc(source))):
+        failed.add(max((start, name) for start, name in starts if start <= number)[1])
+    assert failed == {Path(name).stem for name in cases}

@@ -139,7 +139,8 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
     if request.param == "default":
         root, level, labels = ROOT, "job", {}
     else:
-        root, level, labels = render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG), "cluster_job", CLUSTER_LABELS
+        root = render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG)
+        level, labels = "cluster_job", CLUSTER_LABELS
     exporter_port, prometheus_port = free_port(), free_port()
     exporter = _start([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{exporter_port}",
                        "--token", TOKEN, "--call-end-grace", "1", "--call-ttl", str(TTL),

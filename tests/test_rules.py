@@ -280,7 +280,8 @@ DAY_SCENARIOS = [
         up=lambda m: not INCIDENT <= m < INCIDENT_END,
     ),
     # gone from service discovery: no `up` at all, so MttExporterDown cannot see it
-    Scenario("vanished", 2, business_days(), {t: [Firing("MttExporterAbsent")] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+    Scenario("vanished", 2, business_days(),
+             {t: [Firing("MttExporterAbsent")] for t in (at(D1, 10, 30), at(D1, 11, 30))},
              present=lambda m: not INCIDENT <= m < INCIDENT_END),
     Scenario(
         # a new installation: its first notifications ever at 09:00-09:30 on the second day, then none;
