@@ -105,6 +105,8 @@ class Mixin:
     target: dict[str, str] = field(default_factory=dict)
     #: labels an aggregated alert keeps beside job
     kept: dict[str, str] = field(default_factory=dict)
+    #: target labels outside the config's selector (None: the config selects everything)
+    outside: dict[str, str] | None = None
 
     @property
     def rule_files(self) -> list[Path]:
@@ -120,7 +122,7 @@ def mixin(request, tmp_path_factory) -> Mixin:
     if request.param == "default":
         return DEFAULT
     return Mixin(render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG), CLUSTER_LABELS,
-                 {"cluster": CLUSTER_LABELS["cluster"]})
+                 {"cluster": CLUSTER_LABELS["cluster"]}, {**CLUSTER_LABELS, "namespace": "elsewhere"})
 
 
 def labelled(series: str, job: str, target: dict[str, str] | None = None) -> str:
@@ -159,6 +161,8 @@ class Scenario:
     present: Callable[[int], bool] = lambda minute: True
     #: with --state-backend: whether the backend answers (None: no backend, no such series)
     backend_up: Callable[[int], bool] | None = None
+    #: an exporter the config's selector leaves out, when it has one: nothing of it may fire then
+    outside: bool = False
 
     def input_series(self, target: dict[str, str] | None = None) -> list[dict]:
         minutes = range(at(self.days, 0) + 1)
@@ -279,6 +283,12 @@ DAY_SCENARIOS = [
         {t: [Firing("MttExporterDown", labels=(("instance", INSTANCE),))] for t in (at(D1, 10, 30), at(D1, 11, 30))},
         up=lambda m: not INCIDENT <= m < INCIDENT_END,
     ),
+    # the same, in another namespace: a config whose selector leaves it out must not page for it
+    Scenario(
+        "down-elsewhere", 2, business_days(),
+        {t: [Firing("MttExporterDown", labels=(("instance", INSTANCE),))] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        up=lambda m: not INCIDENT <= m < INCIDENT_END, outside=True,
+    ),
     # gone from service discovery: no `up` at all, so MttExporterDown cannot see it
     Scenario("vanished", 2, business_days(),
              {t: [Firing("MttExporterAbsent")] for t in (at(D1, 10, 30), at(D1, 11, 30))},
@@ -363,7 +373,8 @@ def promtool_file(mixin: Mixin, name: str, scenarios: list[Scenario], checks: tu
         for alert, rule in alerts.items():
             expected = []
             for s in scenarios:
-                for f in (f for f in s.firing.get(minute, []) if f.alert == alert):
+                firing = [] if s.outside and mixin.outside is not None else s.firing.get(minute, [])
+                for f in (f for f in firing if f.alert == alert):
                     kept = mixin.target if alert in TARGET_ALERTS else mixin.kept
                     labels = {"job": s.name, **kept, **dict(f.labels)}
                     expected.append({
@@ -371,7 +382,8 @@ def promtool_file(mixin: Mixin, name: str, scenarios: list[Scenario], checks: tu
                         "exp_annotations": {k: fill(v, labels, f.value) for k, v in rule["annotations"].items()},
                     })
             tests.append({"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": expected})
-    series = [item for s in scenarios for item in s.input_series(mixin.target)]
+    series = [item for s in scenarios for item in s.input_series(
+        mixin.outside if s.outside and mixin.outside is not None else mixin.target)]
     # recording groups first: otherwise, when an alert group happens to run first, it sees the
     # recorded series of the previous step, beyond the 5-minute lookback at a 15-minute step
     groups = [g["name"] for f in mixin.rule_files for g in yaml.safe_load(f.read_text())["groups"]]
