@@ -376,13 +376,17 @@ async def handle_not_found(request: web.Request) -> web.Response:
     return _refuse(request, 404, Reason.NOT_FOUND, "no such path: notifications go to POST /notify or /notify/<token>")
 
 
-async def handle_wrong_method(request: web.Request) -> web.Response:
-    """A known path with another method: 405 with Allow, as JSON, counted."""
-    allowed = sorted({r.method for r in request.match_info.route.resource if r.method != hdrs.METH_ANY})
-    response = _refuse(request, 405, Reason.METHOD_NOT_ALLOWED,
-                       f"method {ascii(request.method)[1:-1][:16]} not allowed here: use {', '.join(allowed)}")
-    response.headers["Allow"] = ", ".join(allowed)
-    return response
+def _wrong_method(allowed: list[str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Handler of another method on a known path: 405 with Allow, as JSON, counted."""
+    allow = ", ".join(allowed)
+
+    async def handle_wrong_method(request: web.Request) -> web.Response:
+        method = ascii(request.method)[1:-1][:16]
+        response = _refuse(request, 405, Reason.METHOD_NOT_ALLOWED, f"method {method} not allowed here: use {allow}")
+        response.headers["Allow"] = allow
+        return response
+
+    return handle_wrong_method
 
 
 #: The answers to a single notification, encoded once.
@@ -715,8 +719,11 @@ def _add_health(app: web.Application) -> None:
 
 def _add_fallbacks(app: web.Application) -> None:
     """JSON 405 for another method on every path, JSON 404 for any other path; both counted."""
-    for resource in list(app.router.resources()):
-        app.router.add_route(hdrs.METH_ANY, resource.canonical, handle_wrong_method)
+    allowed: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        allowed.setdefault(route.resource.canonical, set()).add(route.method)  # type: ignore[union-attr]
+    for path, methods in allowed.items():
+        app.router.add_route(hdrs.METH_ANY, path, _wrong_method(sorted(methods)))
     app.router.add_route(hdrs.METH_ANY, "/{path:.*}", handle_not_found)
 
 
