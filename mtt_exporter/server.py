@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError, _ErrInfo
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
@@ -500,8 +501,61 @@ _TOO_MANY_CONNECTIONS = (
                                   "error": "too many open connections; try again"}).encode())), body)
 
 
+#: Bytes at the start of a connection kept to recover requests pipelined before garbage.
+SALVAGE_BYTES = 16 * 1024
+
+
 class _Handler(RequestHandler):
-    """aiohttp's connection protocol with --max-connections and JSON protocol-error answers."""
+    """aiohttp's connection protocol with --max-connections, JSON protocol-error answers, and
+    the requests pipelined ahead of unparsable bytes still served."""
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._parser_options = {k: kwargs[k] for k in ("max_line_size", "max_field_size", "max_headers") if k in kwargs}
+        #: the bytes received so far, while fewer than SALVAGE_BYTES; None after
+        self._seen: bytearray | None = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        """aiohttp's parser drops every request of a segment when one in it is unparsable:
+        parse the connection's bytes again piece by piece and queue the requests before it."""
+        seen = self._seen
+        if seen is not None:
+            if len(seen) + len(data) > SALVAGE_BYTES:
+                seen = self._seen = None
+            else:
+                seen += data
+        before = self._request_count
+        super().data_received(data)
+        if seen is None or self._request_count != before + 1 or not self._messages:
+            return
+        if not isinstance(self._messages[-1][0], _ErrInfo):
+            return
+        self._seen = None  # the connection ends with this error: no second salvage
+        salvaged = self._parse_again(bytes(seen), before)
+        if salvaged:
+            error = self._messages.pop()
+            self._messages.extend(salvaged)
+            self._messages.append(error)
+            self._request_count += len(salvaged)
+
+    def _parse_again(self, data: bytes, skip: int) -> list[Any]:
+        """The complete requests in `data` after the first `skip`, up to the unparsable one."""
+        try:
+            parser = HttpRequestParser(self, self._loop, self._read_bufsize, payload_exception=RequestPayloadError,
+                                       max_msg_queue_size=MAX_MSG_QUEUE_SIZE, **self._parser_options)
+        except TypeError:  # another aiohttp: no salvage
+            return []
+        messages: list[Any] = []
+        for piece in data.splitlines(keepends=True):
+            try:
+                parsed, upgraded, _ = parser.feed_data(piece)
+            except HttpProcessingError:
+                break
+            messages.extend(parsed)
+            if upgraded:
+                break
+        complete = [(m, p) for m, p in messages[skip:] if p.is_eof()]
+        return complete if len(complete) == len(messages[skip:]) else complete[:-1]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._manager

@@ -430,3 +430,37 @@ def test_rate_limited_log_counts_what_it_held_back(caplog):
     assert len(caplog.records) == 5 and caplog.records[1].repeated == 19
 
 
+
+
+# --- pipelining: a valid request ahead of garbage in the same segment -------------------------------
+
+def _request(item: dict) -> bytes:
+    body = json.dumps(item).encode()
+    return b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+GARBAGE = b"GARBAGE\x01\x02 / HTTP/1.1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("segments", "answered"),
+    [
+        pytest.param([_request(_o()) + GARBAGE], 1, id="one request then garbage"),
+        pytest.param([_request(_o()) + _request(_s()) + GARBAGE], 2, id="two requests then garbage"),
+        pytest.param([_request(_o()), _request(_s()) + GARBAGE], 2, id="second segment"),
+        pytest.param([_request(_o())[:40], _request(_o())[40:] + GARBAGE], 1, id="request split over segments"),
+    ],
+)
+async def test_requests_pipelined_ahead_of_garbage_are_served(make_client, segments, answered):
+    client, app = await make_client()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    for segment in segments:
+        writer.write(segment)
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.count(b" 200 OK\r\n") == answered, answer
+    assert answer.count(b" 400 Bad Request\r\n") == 1 and b'"reason": "malformed"' in answer
+    assert value(app, "mtt_call_attempts_total") == 1
+    assert rejected(app, "malformed") == 1
