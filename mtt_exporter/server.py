@@ -189,18 +189,17 @@ def _unread_encoded_body(request: web.BaseRequest) -> bool:
 
 @web.middleware
 async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """--allow-cidr: 403 for a client outside the listed networks (health checks excepted)."""
+    """--allow-cidr: 403 for a client outside the listed networks (health checks excepted).
+
+    Installed only with --allow-cidr: a middleware costs every request (aiohttp wraps the
+    handler), and the router never answers by itself (every path and method has a handler).
+    """
     settings = request.app[SETTINGS]
-    if settings.allow_cidr and request.path not in OPEN_PATHS:
+    if request.path not in OPEN_PATHS:
         address = client_address(request, settings.trusted_proxy)
         if address is None or not any(address in network for network in settings.allow_cidr):
             return _refuse(request, 403, Reason.FORBIDDEN, "client address not allowed")
-    try:
-        return await handler(request)
-    except web.HTTPException as error:  # 404, 405 from the router
-        if _unread_encoded_body(request):
-            error.force_close()
-        raise
+    return await handler(request)
 
 
 def _form(text: str) -> dict[str, Any]:
@@ -814,7 +813,7 @@ def create_app(
     """
     if monotonic is None:
         monotonic = time.monotonic if clock is time.time else clock
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard] if settings.allow_cidr else [])
     logging.getLogger("aiohttp.server").addFilter(_CLIENT_FAULTS)  # once: the same filter object
     metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
     correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
