@@ -158,16 +158,22 @@ def loops(a: argparse.Namespace) -> list[str]:
     return ["asyncio"] if a.exporter_path else ["asyncio", "uvloop"]  # older checkouts lack --event-loop
 
 
+def baseline_env(a: argparse.Namespace) -> dict[str, str]:
+    """Environment of the --baseline-path exporter (an older checkout, e.g. `git archive b0344c1`)."""
+    return {**os.environ, "PYTHONPATH": str(a.baseline_path.resolve())}
+
+
 def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    kinds = ["bare", "exporter"] + (["baseline"] if a.baseline_path else [])
     for loop in loops(a):
-        rps: dict[str, list[float]] = {"bare": [], "exporter": []}
-        cpu: dict[str, list[float]] = {"bare": [], "exporter": []}
+        rps: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(a.rounds):
-            for kind in rps:  # alternate, so drift of the machine hits both alike
+            for kind in kinds:  # alternate, so drift of the machine hits all alike
                 port = free_port()
-                env = exporter_env(a) if kind == "exporter" else None
-                with server(kind, port, env=env, loop=loop) as process:
+                env = exporter_env(a) if kind == "exporter" else baseline_env(a) if kind == "baseline" else None
+                with server("exporter" if kind == "baseline" else kind, port, env=env, loop=loop) as process:
                     wrk(port, min(2, a.seconds), bodies)  # warm-up
                     r = measured(process, port, a.seconds, bodies)
                     if r["errors"] or r["non2xx"]:
@@ -182,6 +188,12 @@ def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
             "ratio_cpu_median": statistics.median(cpu["bare"]) / statistics.median(cpu["exporter"]),
             "ratio_cpu_best": min(cpu["bare"]) / min(cpu["exporter"]),
         }
+        if a.baseline_path:
+            out[loop].update({
+                "baseline_rps": rps["baseline"], "baseline_cpu_us_per_request": cpu["baseline"],
+                "baseline_ratio_rps_best": max(rps["baseline"]) / max(rps["bare"]),
+                "baseline_ratio_cpu_median": statistics.median(cpu["bare"]) / statistics.median(cpu["baseline"]),
+            })
     return out
 
 
@@ -462,6 +474,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="seconds-long run of every benchmark, no targets")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--exporter-path", type=Path, help="run this checkout's exporter package instead (before/after)")
+    parser.add_argument("--baseline-path", type=Path,
+                        help="also measure this checkout's exporter, in the same rounds (throughput) and render")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.memory_child:
@@ -496,6 +510,12 @@ def main() -> None:
         if "render" in only:
             results["render"] = bench_render(a, bodies)
             print(json.dumps(results["render"]), flush=True)
+            if a.baseline_path:  # the same measurement in a process of the other checkout
+                other = Path(tmp) / "baseline-render.json"
+                subprocess.run([PY, __file__, "--only", "render", "--out", str(other)] + (["--smoke"] if a.smoke else []),
+                               env=baseline_env(a), check=True, capture_output=True)
+                results["render_baseline"] = json.loads(other.read_text())["render"]
+                print(json.dumps(results["render_baseline"]), flush=True)
 
     if "memory" in only:
         results["memory"] = bench_memory(a)
