@@ -427,6 +427,18 @@ class _Family(Metric, Collector):
         child = self._children.get(key)
         return child if child is not None else self._child(key)
 
+    def remove(self, *values: object) -> None:
+        """Drop the series of these label values, if there is one."""
+        if len(values) != len(self._labelnames) or not self._labelnames:
+            raise ValueError("Incorrect label count")
+        if self._children.pop(tuple(str(value) for value in values), None) is not None:
+            self._blocks.clear()  # the others did not change: render again without it
+
+    @property
+    def _metrics(self) -> dict[tuple[str, ...], Any]:
+        """The series by label values, under prometheus_client's name for them."""
+        return self._children
+
     def _child(self, key: tuple[str, ...]) -> Any:
         child = self._children[key] = self._new_child(dict(zip(self._labelnames, key)))
         return child

@@ -60,7 +60,9 @@ def scenario(draw):
             index = draw(st.integers(0, len(specs) - 1))
             kind, _, labelnames, _ = specs[index]
             values = tuple(draw(label_values) for _ in labelnames)
-            if kind == "counter":
+            if values and draw(st.integers(0, 9)) == 0:
+                op = ("remove",)
+            elif kind == "counter":
                 op = ("inc", draw(amounts))
             elif kind == "gauge":
                 op = draw(st.sampled_from(["inc", "dec", "set"])), draw(
@@ -91,6 +93,9 @@ def apply(made, batch) -> None:
     for index, values, op, now in batch:
         family = made[index]
         target = family.labels(*values) if values else family
+        if op[0] == "remove":
+            family.remove(*values)
+            continue
         with mock.patch("time.time", return_value=now):  # exemplar timestamps alike in both
             getattr(target, op[0])(*op[1:])
 
