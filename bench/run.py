@@ -456,6 +456,7 @@ def environment() -> dict[str, Any]:
     import importlib.metadata
 
     import aiohttp
+    import msgspec
     import pydantic
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -463,7 +464,7 @@ def environment() -> dict[str, Any]:
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "aiohttp": aiohttp.__version__, "prometheus_client": importlib.metadata.version("prometheus-client"),
-            "pydantic": pydantic.__version__, "wrk": wrk_version, "loadavg_at_start": os.getloadavg()}
+            "pydantic": pydantic.__version__, "msgspec": msgspec.__version__, "wrk": wrk_version, "loadavg_at_start": os.getloadavg()}
 
 
 def main() -> None:
