@@ -6,6 +6,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from aiohttp import web
 
 from . import __version__, log as logsetup
 from .server import create_app, create_metrics_app, drain, runner_options, ssl_context
-from .settings import Settings, load, split_host_port
+from . import state
+from .settings import Settings, load, split_host_port, unknown_variables
 from .state import masked_url
 
 log = logging.getLogger("mtt_exporter")
@@ -84,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         return tool.main(args[1:])
     settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
+    for warning in unknown_variables(os.environ):
+        log.warning(warning)
+    if settings.state_backend is not None and state.aioredis is None:
+        log.error("--state-backend: the Redis client is not installed (pip install 'mtt-call-exporter[redis]')")
+        raise SystemExit(1)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings))
