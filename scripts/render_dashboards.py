@@ -3,7 +3,8 @@
 Grafana cannot run here, so this is what can be shown honestly: the exporter and Debian's
 Prometheus are started as in tests/test_prometheus.py (its helpers are reused), fed for a few
 minutes by the simulator at real speed plus the crafted calls and faults of the integration test
-(refusals, duplicates, conflicts, evictions), and each panel's targets of dashboards/*.json are
+(refusals, duplicates, conflicts, evictions), with the call state on a local redis-server when
+there is one (for the state backend panels); then each panel's targets of dashboards/*.json are
 run through Prometheus' query API with the template variables substituted. Each PNG is laid out
 on the dashboard's grid, with the panels' titles, units and legends. Panel types are read from
 the JSON: stat, gauge and bar gauge as a value, heatmap as buckets over time, anything else as
@@ -21,7 +22,9 @@ import itertools
 import math
 import re
 import shutil
+import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +49,7 @@ from mtt_exporter.replay import post_all  # noqa: E402
 from mtt_exporter.simulate import SimConfig, Simulation  # noqa: E402
 from tests import crafted_calls  # noqa: E402
 from tests.grafana import RULE_FILES, dashboards, substitute  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 from tests.test_prometheus import (JOB, TOKEN, Stack, _start, _stop, free_port, grafana_variables,  # noqa: E402
                                    http, wait_for)
 
@@ -68,9 +72,14 @@ def stack(workdir: Path) -> Iterator[Stack]:
     if prometheus_bin is None:
         raise SystemExit("render_dashboards: prometheus is not installed (scripts/system-deps.sh installs it)")
     exporter_port, prometheus_port = free_port(), free_port()
+    redis_bin = shutil.which("redis-server")
+    backend = RedisServer(redis_bin, workdir) if redis_bin else None  # fills the dashboards' state backend row
+    if backend is not None:
+        backend.start()
     exporter = _start([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{exporter_port}",
                        "--token", TOKEN, "--call-end-grace", "1", "--call-ttl", str(TTL),
-                       "--max-calls", str(MAX_CALLS)], workdir / "mtt_exporter.log")
+                       "--max-calls", str(MAX_CALLS), *(["--state-backend", backend.url] if backend else [])],
+                      workdir / "mtt_exporter.log")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(f) for f in RULE_FILES],
@@ -80,7 +89,7 @@ def stack(workdir: Path) -> Iterator[Stack]:
     prometheus = _start([prometheus_bin, f"--config.file={workdir / 'prometheus.yml'}",
                          f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
                          "--enable-feature=exemplar-storage", "--log.level=warn"], workdir / "prometheus.log")
-    s = Stack(f"http://127.0.0.1:{exporter_port}", f"http://127.0.0.1:{prometheus_port}")
+    s = Stack(f"http://127.0.0.1:{exporter_port}", f"http://127.0.0.1:{prometheus_port}", root=ROOT, level="job")
     try:
         wait_for("the exporter", lambda: http(f"{s.exporter}/-/ready")[0] == 200)
         wait_for("prometheus", lambda: http(f"{s.prometheus}/-/ready")[0] == 200)
@@ -89,6 +98,8 @@ def stack(workdir: Path) -> Iterator[Stack]:
     finally:
         _stop(prometheus)
         _stop(exporter)
+        if backend is not None:
+            backend.stop()
 
 
 def feed(s: Stack, seconds: float) -> tuple[float, float]:
@@ -341,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="minutes of simulated traffic (default 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pictures", help="directory of the PNGs")
     args = parser.parse_args(argv)
-    import tempfile
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the processes (finally) on a kill too
 
     with tempfile.TemporaryDirectory(prefix="mtt-pictures-") as tmp, stack(Path(tmp)) as s:
         print(f"feeding {args.minutes:g} min of traffic (exporter {s.exporter}, prometheus {s.prometheus})")

@@ -30,6 +30,7 @@ class FakePrometheus:
 
     def __init__(self) -> None:
         self.queries: list[str] = []
+        self.root = ROOT  # the dashboards under test (tests/test_prometheus.Stack)
 
     def api(self, path: str, **params):
         if path.startswith("label/"):

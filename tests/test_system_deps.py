@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def run(tmp_path: Path, uid: int, apt_get: int | None, ci: bool) -> subprocess.C
     for name, body in stubs.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    env = {"PATH": str(bin_dir), **({"CI": "true"} if ci else {})}
+    env = {"PATH": str(bin_dir), **({"CI": "true"} if ci else {})}  # `id` is a stub: no real binary
     return subprocess.run(["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -45,7 +46,7 @@ def test_system_deps(tmp_path, uid, apt_get, ci, code, message):
 def test_nothing_to_do_when_everything_is_there(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("promtool", "redis-server", "wrk"):
+    for name in re.findall(r"command -v ([\w-]+) >/dev/null 2>&1 \|\|", SCRIPT.read_text()):
         (bin_dir / name).write_text("#!/bin/sh\n")
         (bin_dir / name).chmod(0o755)
     result = subprocess.run(["/bin/sh", str(SCRIPT)], env={"PATH": str(bin_dir)}, capture_output=True, text=True,

@@ -151,3 +151,18 @@ def test_refusals_summarised_by_status(results, all_refused, lines):
     stats = SendStats(results=Counter(results), sent=sum(results.values()))
     assert stats.all_refused() is all_refused
     assert stats.refusal_lines() == lines
+
+
+async def test_replay_skips_a_torn_line_and_says_so(tmp_path, seed_call):
+    # what a full disk left in a recording of the old writer: half a line glued to the next
+    lines = [json.dumps({"time": NOW + i, "content_type": "application/json", "body": json.dumps(n)}) for i, n in enumerate(seed_call)]
+    path = tmp_path / "rec.jsonl"
+    path.write_text("\n".join([lines[0], lines[1][:40] + lines[2], *lines[3:]]) + "\n")
+    server = await live_exporter()
+    try:
+        code, out = await run_tool("replay", str(path), "--url", str(server.make_url("/notify")), "--as-fast-as-possible")
+        assert code == 0, out
+        assert "1 lines skipped, not a recorded body (first: " in out and "rec.jsonl:2" in out
+        assert f"{len(seed_call) - 2} requests" in out
+    finally:
+        await server.close()
