@@ -4,21 +4,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps lint clean golden dashboards bench
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
 
-test: $(VENV)/.test-installed system-deps
+test: $(VENV)/.test-installed system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate the golden exposition after an intended change of the metrics.
 golden: $(VENV)/.test-installed
 	$(PY) -m pytest tests/test_golden.py --update-golden
 
-# Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table (stdlib only).
+# Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table (stdlib only),
+# then the Kubernetes objects that embed them (deploy/kubernetes/base).
 dashboards:
 	$(PYTHON) dashboards/generate.py
+	$(PYTHON) deploy/kubernetes/generate.py
 
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps
@@ -27,6 +29,15 @@ bench: $(VENV)/.test-installed system-deps
 # promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
 system-deps:
 	@sh scripts/system-deps.sh
+
+# npm packages of the Kubernetes schema check (tests/kubernetes), exactly as locked; skipped
+# without npm (the tests needing them then skip locally and fail in CI).
+NODE_DIR := tests/kubernetes
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+	    [ $(NODE_DIR)/node_modules/.package-lock.json -nt $(NODE_DIR)/package-lock.json ] || \
+	    npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error; \
+	else echo "node-deps: npm missing (apt-get install nodejs npm); tests needing it will skip" >&2; fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,4 +52,4 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache $(NODE_DIR)/node_modules
