@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps node-deps lint clean golden dashboards bench
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -25,6 +25,22 @@ dashboards:
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps
 	$(PY) bench/run.py $(ARGS)
+
+# deploy/requirements.lock: every package of the image, pinned with hashes (the Dockerfile
+# installs only it). Rerun after changing dependencies; ARGS=--upgrade moves every pin.
+lock: $(VENV)/.test-installed
+	$(PY) -m pip install -q pip-tools
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra redis \
+	    --build-deps-for wheel --no-emit-index-url --no-emit-find-links \
+	    --output-file deploy/requirements.lock $(ARGS) pyproject.toml
+
+# The container image, labelled with the version, the commit and its time (not the build's:
+# two builds of one commit get the same labels).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mtt_exporter/__init__.py)
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION="$$(git rev-parse HEAD)" \
+	    --build-arg CREATED="$$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ)" \
+	    -t mtt-call-exporter:$(VERSION) .
 
 # promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
 system-deps:
