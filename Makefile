@@ -20,7 +20,7 @@ golden: $(VENV)/.test-installed
 # then the Kubernetes objects that embed them (deploy/kubernetes/base).
 dashboards:
 	$(PYTHON) dashboards/generate.py
-	$(PYTHON) deploy/kubernetes/generate.py
+	$(PYTHON) deploy/kubernetes/generate.py $(if $(OUT),--root $(OUT) --out $(OUT)/deploy/kubernetes/base)
 
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps

@@ -105,6 +105,19 @@ def test_dashboard_config_maps_hold_the_dashboards_for_the_sidecar():
         assert config_map["data"] == {path.name: path.read_text()}  # byte for byte
 
 
+def test_generator_follows_another_root(tmp_path):
+    """`make dashboards CONFIG=... OUT=dir`: the objects embed that directory's rules."""
+    for folder in ("rules", "dashboards"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    alerts = tmp_path / "rules" / "alerts.yml"
+    alerts.write_text(alerts.read_text().replace('severity: "critical"', 'severity: "page"'))
+    generator().main(["--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    rules = {o["metadata"]["name"]: o for o in yaml.safe_load_all((tmp_path / "out/prometheusrule.yaml").read_text())}
+    assert rules["mtt-exporter-alerts"]["spec"] == yaml.safe_load(alerts.read_text())
+    assert 'severity: "page"' in (tmp_path / "out/prometheusrule.yaml").read_text()
+    assert (tmp_path / "out/dashboards.yaml").read_text() == (KUBE / "base/dashboards.yaml").read_text()
+
+
 @pytest.mark.parametrize("broken, message", [
     pytest.param({"rules/alerts.yml": "- just a list\n"}, "rule file", id="not a rule file"),
     pytest.param({"dashboards/x.json": '{\n\t"tab": 1\n}\n'}, "tabs", id="tab in a dashboard"),

@@ -10,6 +10,7 @@ again changes nothing.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -72,13 +73,19 @@ def render(root: Path = ROOT) -> dict[str, str]:
     return {"prometheusrule.yaml": prometheus_rules(root), "dashboards.yaml": dashboard_config_maps(root)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Write the files; print the ones that changed."""
-    for name, text in render().items():
-        path = BASE / name
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="directory holding rules/ and dashboards/ (default: the repository)")
+    parser.add_argument("--out", type=Path, default=BASE, help="directory to write into (default: base/)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in render(args.root).items():
+        path = args.out / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+            print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
