@@ -169,8 +169,10 @@ METAVARS = {
 }
 
 USAGE = """%(prog)s [OPTION ...]
+       %(prog)s --version
        %(prog)s simulate [--help] [OPTION ...]
-       %(prog)s replay [--help] [OPTION ...] FILE ..."""
+       %(prog)s replay [--help] [OPTION ...] FILE ...
+       %(prog)s healthcheck [--help]"""
 
 EPILOG = f"""\
 environment:
@@ -182,6 +184,9 @@ commands:
   simulate   post simulated MTT call traffic to a running exporter and print, or --check,
              the exact numbers it must show (mtt-exporter simulate --help)
   replay     re-post bodies recorded with --record (mtt-exporter replay --help)
+  healthcheck
+             ask a running exporter's /-/healthy: a container's HEALTHCHECK
+             (mtt-exporter healthcheck --help)
 
 Without a command the exporter starts: POST /notify, GET /metrics, /-/healthy, /-/ready."""
 

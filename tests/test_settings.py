@@ -131,7 +131,8 @@ def test_state_file_is_taken_from_the_data_dir(tmp_path):
 @pytest.mark.parametrize(
     ("present", "absent"),
     [
-        pytest.param(["mtt-exporter simulate", "mtt-exporter replay"], [], id="names the commands"),
+        pytest.param(["mtt-exporter simulate", "mtt-exporter replay", "mtt-exporter healthcheck", "--version"], [],
+                     id="names the commands"),
         pytest.param(["[env: MTT_EXPORTER_TOKEN]", "[env: MTT_EXPORTER_STATE_BACKEND]", "MTT_EXPORTER_<OPTION>"], [],
                      id="names the variables"),
         pytest.param(["--token SECRET", "--state-backend URL", "--allow-cidr CIDR", "--call-ttl SECONDS",
