@@ -166,3 +166,21 @@ async def test_replay_skips_a_torn_line_and_says_so(tmp_path, seed_call):
         assert f"{len(seed_call) - 2} requests" in out
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize(
+    ("tool", "present"),
+    [
+        pytest.param("replay", ["Exit status 1", "every body was refused", "--token SECRET", "MTT_EXPORTER_TOKEN",
+                                "example:"], id="replay"),
+        pytest.param("simulate", ["Exit status", "--metrics-url URL", "--metrics-listen", "--token SECRET",
+                                  "MTT_EXPORTER_TOKEN", "example:"], id="simulate"),
+    ],
+)
+def test_tool_help_stands_on_its_own(capsys, tool, present):
+    module = __import__(f"mtt_exporter.{tool}", fromlist=["main"])
+    with pytest.raises(SystemExit) as caught:
+        module.main(["--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert [text for text in present if text not in out] == []
