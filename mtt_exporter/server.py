@@ -53,7 +53,7 @@ STATE = web.AppKey("state", StateFile)
 RECORDER = web.AppKey("recorder", Recorder)
 REFUSALS = web.AppKey("refusals", RefusalLog)
 #: Tracebacks of the exporter's own bugs, one line per interval at most.
-_BUGS = RateLimitedLog(log)
+BUGS = web.AppKey("bugs", RateLimitedLog)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -279,7 +279,7 @@ async def handle_notify(request: web.Request) -> web.Response:
             try:
                 return await _notify(request, body)
             except Exception:  # a bug of ours: counted and answered, never an unhandled 500
-                _BUGS.error(time.monotonic(), "failed on a request", exc_info=True)
+                app[BUGS].error(time.monotonic(), "failed on a request", exc_info=True)
                 return _refuse(request, 400, Reason.INTERNAL, _INTERNAL_MESSAGE, close=True)
 
 
@@ -343,7 +343,7 @@ async def _notify(request: web.Request, body: bytes) -> web.Response:
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
             continue
         except Exception:  # a bug of ours: the correlator kept nothing of it (see Correlator.apply)
-            _BUGS.error(time.monotonic(), "failed on a notification", exc_info=True)
+            app[BUGS].error(time.monotonic(), "failed on a notification", exc_info=True)
             errors.append({"index": index, "reason": Reason.INTERNAL.value, "error": _INTERNAL_MESSAGE})
             continue
         metrics.record_notification(notification, received, duplicate)
@@ -825,7 +825,7 @@ def create_app(
         metrics.track_state_file()
     if settings.record_path is not None:
         app[RECORDER] = Recorder(settings.record_path, settings.record_max_bytes, settings.record_keep)
-    app[REFUSALS] = RefusalLog(log)
+    app[REFUSALS], app[BUGS] = RefusalLog(log), RateLimitedLog(log)
     if settings.token is not None:
         _CLIENT_FAULTS.secrets.add(settings.token.get_secret_value())
     for path in ("/notify", "/notify/", "/notify/{token}", "/notify/{token}/"):  # MTT's URL as typed

@@ -108,7 +108,18 @@ async def test_a_failure_while_applying_keeps_nothing_and_answers_4xx(make_clien
         assert (await client.post("/notify", json=item)).status == 200
     await asyncio.sleep(0)
     assert value(app, "mtt_calls_tracked") == 1
-    assert "failed on a notification" in caplog.text
+    bug = [r for r in caplog.records if r.getMessage() == "failed on a notification"]
+    assert len(bug) == 1 and bug[0].exc_info is not None  # logged by the exporter, with the traceback
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp")]  # not aiohttp's unhandled error
+
+
+async def test_a_failure_outside_the_items_is_answered_by_the_exporter(make_client, monkeypatch, caplog):
+    client, app = await make_client()
+    monkeypatch.setattr("mtt_exporter.server.decode", lambda body, content_type: 1 / 0)
+    response = await client.post("/notify", json=_o())
+    assert response.status == 400 and (await response.json())["reason"] == "internal"
+    assert rejected(app, "internal") == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["failed on a request"]
 
 
 #: README, Security: bytes a call holds whatever its fields, as measured here.
@@ -410,8 +421,9 @@ async def test_an_idle_connection_makes_room_for_a_new_one(make_client):
         w.close()
 
 
-def test_accept_failures_at_the_fd_limit_are_one_line(caplog):
+def test_accept_failures_at_the_fd_limit_are_one_line(caplog, monkeypatch):
     caplog.set_level("INFO")
+    monkeypatch.setattr("mtt_exporter.server._ACCEPT_ERRORS", RateLimitedLog(logging.getLogger("mtt_exporter")))
     loop = asyncio.new_event_loop()
     try:
         for _ in range(10_000):
