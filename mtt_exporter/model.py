@@ -24,8 +24,9 @@ MAX_FIELD_LENGTH = 256
 EARLIEST_EVENT_TIME = 946_684_800.0
 #: Latest plausible event time without a receipt time, 2100-01-01T00:00:00Z.
 LATEST_EVENT_TIME = 4_102_444_800.0
-#: How far past its receipt an event may be dated: clock skew and zone mistakes are hours, not days.
-MAX_FUTURE_SECONDS = 86_400.0
+#: How far past its receipt an event may be dated: clock skew and zone mistakes are hours; a week
+#: leaves room for `simulate`, whose event clock runs --speed times faster than the wall clock.
+MAX_FUTURE_SECONDS = 7 * 86_400.0
 
 
 class EventType(StrEnum):
@@ -354,7 +355,7 @@ def _event_time(date_time: object) -> float | None:
 
 
 def check_time(time: float, now: float | None, name: str = "event time") -> None:
-    """Refuse (implausible_time) an event time before 2000, or over a day past its receipt `now`."""
+    """Refuse (implausible_time) an event time before 2000, or over a week past its receipt `now`."""
     latest = LATEST_EVENT_TIME if now is None else min(LATEST_EVENT_TIME, now + MAX_FUTURE_SECONDS)
     if not EARLIEST_EVENT_TIME <= time <= latest:
         when = "before 2000-01-01" if time < EARLIEST_EVENT_TIME else (

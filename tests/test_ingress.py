@@ -17,7 +17,7 @@ import pytest
 from mtt_exporter import correlator as correlator_module
 from mtt_exporter.correlator import Correlator
 from mtt_exporter.log import RateLimitedLog, RefusalLog, mask_secrets
-from mtt_exporter.model import MAX_FIELD_LENGTH, MAX_ID_LENGTH, parse
+from mtt_exporter.model import MAX_FIELD_LENGTH, MAX_ID_LENGTH, PayloadError, Reason, parse
 from mtt_exporter.server import REFUSALS as REFUSALS_KEY, _loop_errors
 
 from .conftest import NOW
@@ -137,6 +137,13 @@ def _hostile_call(i: int) -> list[dict]:
             for j, (code, side) in enumerate(steps)]
 
 
+def test_a_week_ahead_is_the_limit():
+    assert parse(_o(date_time=NOW + 7 * 86400), NOW).time == NOW + 7 * 86400
+    with pytest.raises(PayloadError) as refused:
+        parse(_o(date_time=NOW + 7 * 86400 + 1), NOW)
+    assert refused.value.reason is Reason.IMPLAUSIBLE_TIME
+
+
 def test_bytes_per_call_stay_bounded_whatever_the_fields():
     # item 4: 300 requests with a 1 MB numberA added 305 MB; now every kept field has a bound
     correlator, calls = Correlator(max_calls=10**6), 2000
@@ -173,7 +180,7 @@ IMPLAUSIBLE = {
     "year 9999 in data": {"h323_conf_id": CONF, "data": "event=o_79000000001_9999-12-31-23-59-59"},
     "year 0001 in data": {"h323_conf_id": CONF, "data": "event=o_79000000001_0001-01-01-00-00-00"},
     "before MTT: 1999": {"h323_conf_id": CONF, "data": "event=o_79000000001_1999-12-31-23-59-59"},
-    "two days after receipt": _o(date_time=NOW + 2 * 86400),
+    "eight days after receipt": _o(date_time=NOW + 8 * 86400),
     "ISO 8601 year 9999": _o(date_time="9999-01-01T00:00:00Z"),
     "ISO 8601 year 0001": _o(date_time="0001-01-01T00:00:00+03:00"),
 }
