@@ -483,3 +483,34 @@ async def test_requests_pipelined_ahead_of_garbage_are_served(make_client, segme
     assert answer.count(b" 400 Bad Request\r\n") == 1 and b'"reason": "malformed"' in answer
     assert value(app, "mtt_call_attempts_total") == 1
     assert rejected(app, "malformed") == 1
+
+
+# --- the class: whatever text a sender puts anywhere, what is kept is bounded and encodable ----------
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+_TEXT = st.one_of(st.text(st.characters(exclude_categories=()), max_size=300), st.text(st.sampled_from("79\ud800\udfff\x00\x1b \t\u200b+-()"), max_size=80),
+                  st.integers(), st.floats(), st.none())
+_NUMBER_TEXT = st.text(st.sampled_from("79\ud800\udfff\x00\x1b \t\u200b+-()_&="), max_size=80)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(conf=_TEXT, redirect=_TEXT, number_a=_TEXT, sip=_TEXT, cause=_TEXT,
+       date_time=st.one_of(st.just(NOW - 10), _TEXT), data_number=st.one_of(st.none(), _NUMBER_TEXT),
+       kind=st.sampled_from(["o", "s", "h", "sp", "ep", "t"]),
+       side=st.one_of(st.none(), st.sampled_from(["A", "B"]), _TEXT))
+def test_whatever_the_fields_what_is_kept_is_bounded_and_encodable(conf, redirect, number_a, sip, cause, date_time,
+                                                                     data_number, kind, side):
+    item = {"h323_conf_id": conf, "redirect_number": redirect, "numberA": number_a, "sip_id": sip, "cause": cause,
+            "date_time": date_time, "event": {"type": kind, "side": side}}
+    if data_number is not None:
+        item["data"] = f"event={kind}_{data_number}_2025-12-31-23-00-00"
+    try:
+        n = parse(item, NOW)
+    except PayloadError:
+        return
+    for text in (n.conf_id, n.redirect_number, n.number_a, n.sip_id):
+        assert len(text) <= MAX_ID_LENGTH and (text.isprintable() or not text)
+        text.encode("utf-8")  # never a lone surrogate: exemplars, dedup keys and logs encode it
+    assert 946_684_800 <= n.time <= NOW + 7 * 86400
+    correlator_module.dedup_key(n)
