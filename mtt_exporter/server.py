@@ -64,8 +64,10 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 #: Seconds a client refused for overload is asked to wait.
 RETRY_AFTER = 1
-#: File descriptors kept free of connections, for the state and record files, Redis, logs.
-FD_RESERVE = 128
+#: File descriptors kept free of connections: the state and record files, Redis, logs (128),
+#: and three bursts of accepts (asyncio accepts up to the listen backlog, 128, per wake-up
+#: before any is admitted, and the connections closed to make room close a turn later).
+FD_RESERVE = 128 + 3 * 128
 #: Most connections by default, whatever the fd limit: bodies in flight cost memory.
 DEFAULT_MAX_CONNECTIONS = 4096
 
@@ -606,8 +608,9 @@ class _Server(web.Server):
         idle longest (a keep-alive one waiting for its next request)."""
         if not self.max_connections or len(self._connections) < self.max_connections:
             return True
-        for handler in self._connections:  # oldest first
-            if getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None:
+        for handler in self._connections:  # oldest first; one already closing frees nothing more
+            if (getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None
+                    and not getattr(handler, "_force_close", True)):
                 handler.close()
                 handler.force_close()
                 return True

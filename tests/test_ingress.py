@@ -514,3 +514,51 @@ def test_whatever_the_fields_what_is_kept_is_bounded_and_encodable(conf, redirec
         text.encode("utf-8")  # never a lone surrogate: exemplars, dedup keys and logs encode it
     assert 946_684_800 <= n.time <= NOW + 7 * 86400
     correlator_module.dedup_key(n)
+
+
+# --- 6, with a real process at a low fd limit ----------------------------------------------------------
+
+def test_at_the_fd_limit_connections_are_bounded_and_the_log_stays_quiet(tmp_path):
+    import http.client
+    import resource
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .process import ROOT, free_port
+
+    port, log = free_port(), tmp_path / "log"
+
+    def low_fd_limit() -> None:  # soft = hard: the exporter cannot raise it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700))
+
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{port}"],
+                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=low_fd_limit)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):  # bounded wait for the listener
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                break
+            except OSError:
+                time.sleep(0.05)
+        if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+            pytest.skip("this process cannot open 1,000 sockets")
+        for _ in range(999):  # 1.4 times the fd limit, silent: before the fix, EMFILE and a traceback per retry
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(1.0)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", "/notify", json.dumps(_o(date_time=int(time.time()) - 5)),
+                           {"Content-Type": "application/json"})
+        assert connection.getresponse().status == 200  # an idle connection made room
+        connection.close()
+    finally:
+        for sock in held:
+            sock.close()
+        process.terminate()
+        process.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text, text[:2000]
+    assert len(text) < 2000, text[:2000]
