@@ -1,4 +1,5 @@
-"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools."""
+"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools,
+`healthcheck` asks a running exporter (a container's HEALTHCHECK), `--version` prints the version."""
 
 from __future__ import annotations
 
@@ -79,9 +80,12 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("simulate", "replay"):
+    if args and args[0] in ("simulate", "replay", "healthcheck"):
         tool = importlib.import_module(f".{args[0]}", __package__)
         return tool.main(args[1:])
+    if "--version" in args:
+        print(f"mtt-exporter {__version__}")
+        return None
     settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
     try:
