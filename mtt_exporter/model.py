@@ -271,6 +271,8 @@ def bounded_text(value: object, name: str, limit: int = MAX_FIELD_LENGTH) -> str
     surrogate (JSON "\ud800") or a control character never reaches state, an exemplar, a
     dedup key or a log line, and no field is larger than `limit` in memory.
     """
+    if type(value) is str and len(value) <= limit and value.isprintable():
+        return value  # the usual case, in one test
     if isinstance(value, str):
         text = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -510,6 +512,8 @@ ROUTING_MESSAGE = (
 
 def _number(value: object, name: str) -> str:
     """A phone number field, normalised, bounded and printable; "" when absent."""
+    if type(value) is str and len(value) <= MAX_ID_LENGTH and value.isdigit():
+        return normalise_number(value)  # the usual case: digits are printable, and stay as long
     if not _present(value):
         return ""
     return _kept(normalise_number(bounded_text(value, name)), name)
