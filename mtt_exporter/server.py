@@ -445,7 +445,8 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 async def handle_index(request: web.Request) -> web.Response:
     """GET /: what this is and where things are."""
-    routes = sorted({r.resource.canonical for r in request.app.router.routes() if r.resource is not None})
+    routes = sorted({r.resource.canonical for r in request.app.router.routes()
+                     if r.resource is not None and r.method != hdrs.METH_ANY})  # not the JSON 404/405 fallbacks
     items = "".join(f"<li><code>{path}</code></li>" for path in routes)
     return web.Response(
         text=f"<!doctype html><title>MTT call exporter</title><h1>MTT call exporter {__version__}</h1>"

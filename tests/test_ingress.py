@@ -562,3 +562,10 @@ def test_at_the_fd_limit_connections_are_bounded_and_the_log_stays_quiet(tmp_pat
     text = log.read_text()
     assert "Traceback" not in text, text[:2000]
     assert len(text) < 2000, text[:2000]
+
+
+async def test_index_lists_the_endpoints_not_the_fallbacks(make_client):
+    client, _ = await make_client()
+    page = await (await client.get("/")).text()
+    assert "<code>/notify</code>" in page and "<code>/metrics</code>" in page
+    assert "{path}" not in page
