@@ -1,4 +1,5 @@
-"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools."""
+"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools,
+`healthcheck` asks a running exporter (a container's HEALTHCHECK), `--version` prints the version."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -13,8 +15,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from . import __version__, log as logsetup
+from . import state
 from .server import Runner, create_app, create_metrics_app, drain, runner_options, ssl_context
-from .settings import Settings, load, split_host_port
+from .settings import Settings, load, split_host_port, unknown_variables
 from .state import masked_url
 
 log = logging.getLogger("mtt_exporter")
@@ -79,11 +82,19 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("simulate", "replay"):
+    if args and args[0] in ("simulate", "replay", "healthcheck"):
         tool = importlib.import_module(f".{args[0]}", __package__)
         return tool.main(args[1:])
+    if "--version" in args:
+        print(f"mtt-exporter {__version__}")
+        return None
     settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
+    for warning in unknown_variables(os.environ):
+        log.warning(warning)
+    if settings.state_backend is not None and state.aioredis is None:
+        log.error("--state-backend: the Redis client is not installed (pip install 'mtt-call-exporter[redis]')")
+        raise SystemExit(1)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings))

