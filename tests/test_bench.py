@@ -38,3 +38,11 @@ def test_callgrind_smoke(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     exporter = json.loads(out.read_text())["exporter"]
     assert exporter["requests"] == 40 and exporter["instructions_per_request"] > 0
+
+
+def test_where_smoke():
+    need_binary("wrk")
+    result = subprocess.run([sys.executable, "bench/where.py", "--seconds", "1", "--top", "5"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| mtt_exporter/model.py |" in result.stdout
