@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from . import __version__, log as logsetup
-from .server import create_app, create_metrics_app, drain, runner_options, ssl_context
+from .server import Runner, create_app, create_metrics_app, drain, runner_options, ssl_context
 from .settings import Settings, load, split_host_port
 from .state import masked_url
 
@@ -26,9 +26,9 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings)
     tls = ssl_context(settings)
     options = runner_options(settings)
-    runners = [web.AppRunner(app, **options)]
+    runners = [Runner(app, **options)]
     if settings.metrics_listen is not None:
-        runners.append(web.AppRunner(create_metrics_app(app), **options))
+        runners.append(Runner(create_metrics_app(app), **options))
     addresses = [settings.listen] + ([settings.metrics_listen] if settings.metrics_listen else [])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from mtt_exporter.server import create_app, runner_options
+from mtt_exporter.server import Runner, create_app, runner_options
 from mtt_exporter.settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -44,6 +44,13 @@ def clock() -> Clock:
     return Clock()
 
 
+class ExporterTestServer(TestServer):
+    """A TestServer on the exporter's own Runner, as __main__ runs it."""
+
+    async def _make_runner(self, **kwargs):
+        return Runner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_client(aiohttp_client, clock):
     """Build a test client for given settings; returns (client, app)."""
@@ -51,7 +58,7 @@ def make_client(aiohttp_client, clock):
     async def make(**overrides):
         settings = Settings(_cli_parse_args=[], **overrides)  # type: ignore[call-arg]
         app = create_app(settings, registry=CollectorRegistry(), clock=clock)
-        server = TestServer(app)
+        server = ExporterTestServer(app)
         await server.start_server(**runner_options(settings))  # as __main__ runs it
         client = await aiohttp_client(server)
         return client, app
