@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mtt_exporter.clock import ProcessClock
-from mtt_exporter.correlator import Correlator, call_to_dict, dump_state
+from mtt_exporter.correlator import Correlator, dump_state
 from mtt_exporter.record import Recorder, read_records
 from mtt_exporter.statefile import SetAside, StateFile
 
