@@ -166,15 +166,18 @@ def test_an_older_snapshot_never_replaces_a_newer_one(tmp_path):
     assert len(json.loads(state.path.read_text())["calls"]) == 1
 
 
-def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+def test_failed_write_sets_the_old_file_aside_intact(tmp_path, monkeypatch):
+    """Never a mix, no temp file; and the older snapshot no longer at the path, where a
+    start after a hard kill would take it for current (#9 item 8: any failed save, periodic too)."""
     state = saved(tmp_path)
     before = state.path.read_bytes()
     state.correlator.apply(note("o", 0, B2, conf="C2"), NOW)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
         state.write(state.snapshot())
-    assert state.path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 1 and names[0].startswith("state.json.stale-")
+    assert (tmp_path / names[0]).read_bytes() == before
 
 
 def _truncated(path):
