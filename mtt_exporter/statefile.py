@@ -25,6 +25,7 @@ also removes the temp files of saves that a kill interrupted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -120,8 +121,9 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
-    except OSError as error:  # ELOOP: a symlink; EACCES; EISDIR cannot happen with O_RDONLY
-        raise _Unusable(SetAside.UNREADABLE, f"cannot open: {error}") from None
+    except OSError as error:  # ELOOP: a symlink; EACCES
+        why = "a symlink (not followed)" if error.errno == errno.ELOOP else f"cannot open: {error}"
+        raise _Unusable(SetAside.UNREADABLE, why) from None
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):

@@ -60,9 +60,6 @@ def loader(path: Path, now: float = NOW) -> tuple[StateFile, Correlator]:
 BIG = "1" + "0" * 400  # a valid JSON number; float() of it overflows
 
 
-@pytest.mark.xfail(strict=True, reason="OverflowError (not a ValueError) escapes StateFile.load: an integer "
-                   "too large for a float in any time field stops the start, and the file stays, so every "
-                   "restart crashes again (README: 'it never fails to start because of it')")
 @pytest.mark.parametrize("where", [pytest.param("saved_at", id="saved_at"), pytest.param("last_seen", id="last_seen"),
                                    pytest.param("deadline", id="deadline")])
 def test_huge_integer_time_is_set_aside_not_raised(tmp_path, where):
@@ -75,8 +72,6 @@ def test_huge_integer_time_is_set_aside_not_raised(tmp_path, where):
     assert state.set_aside is SetAside.CORRUPT and not path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="real process: a state file whose saved_at is a 401-digit integer makes "
-                   "`python -m mtt_exporter` exit 1 (OverflowError) and leaves the file in place: a crash loop")
 def test_process_starts_despite_a_huge_saved_at(tmp_path):
     path = tmp_path / "state.json"
     path.write_text('{"format":"mtt-exporter-state","version":1,"calls":[],"saved_at":%s}' % BIG)
@@ -89,8 +84,6 @@ def test_process_starts_despite_a_huge_saved_at(tmp_path):
     assert not path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a FIFO at --state-file: load() blocks in read_bytes() for ever, so the "
-                   "listener never opens (no regular-file check, no timeout)")
 def test_fifo_at_the_state_path_does_not_hang_the_start(tmp_path):
     path = tmp_path / "state.json"
     os.mkfifo(path)
@@ -107,9 +100,6 @@ def test_fifo_at_the_state_path_does_not_hang_the_start(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="no size bound on the state file: read_bytes() of a 2 GiB file (sparse "
-                   "here; /dev/zero via a symlink is the same) raises MemoryError under a 512 MiB address "
-                   "space, or meets the OOM killer without one; the start fails")
 def test_huge_state_file_is_refused_without_reading_it_whole(tmp_path):
     path = tmp_path / "state.json"
     with path.open("wb") as file:
@@ -128,9 +118,6 @@ def test_huge_state_file_is_refused_without_reading_it_whole(tmp_path):
     assert result.returncode == 0, result.stderr[-300:]
 
 
-@pytest.mark.xfail(strict=True, reason="a directory (or unreadable file) at --state-file is only logged: not "
-                   "counted in mtt_state_file_set_aside_total nor set aside; the final save then fails and "
-                   "renames the operator's directory to state.json.stale-*, losing that run's calls")
 def test_directory_at_the_state_path_is_counted(tmp_path):
     path = tmp_path / "state.json"
     path.mkdir()
@@ -150,9 +137,6 @@ def test_symlink_at_the_state_path_is_replaced_not_followed_on_save(tmp_path):
     assert target.read_text() == "keep" and not path.is_symlink()
 
 
-@pytest.mark.xfail(strict=True, reason="restored receipt times are not checked against saved_at: one call with "
-                   "last_seen far in the future at the head of the LRU order stops the TTL loop (it breaks at "
-                   "the first call not due), so no restored call ever expires by TTL")
 def test_a_future_last_seen_does_not_stop_ttl_expiry(tmp_path):
     correlator, _, _ = run(SEED[:4])
     data = dump_state(correlator)
@@ -172,9 +156,6 @@ def test_a_future_last_seen_does_not_stop_ttl_expiry(tmp_path):
 # --- the state file: timings and faults -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a SIGKILL between mkstemp and rename leaves .state.json.*.tmp (as large "
-                   "as the state, 31 MB per 100,000 calls); nothing ever removes it, so kills during saves "
-                   "fill the data directory")
 def test_temp_file_of_a_killed_save_is_cleaned_up(tmp_path):
     path = tmp_path / "state.json"
     code = f"""
@@ -195,10 +176,6 @@ def test_temp_file_of_a_killed_save_is_cleaned_up(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.xfail(strict=True, reason="only a failed *final* save sets the older snapshot aside: when periodic "
-                   "saves fail (disk full) and the process is then SIGKILLed, the next start loads the last good "
-                   "snapshot (older than --state-interval, younger than --state-max-age) and the call that "
-                   "ended meanwhile comes back in progress (#9 item 8's phantom, by the periodic path)")
 def test_failed_periodic_save_then_hard_kill_brings_back_no_ended_call(tmp_path, monkeypatch):
     path = tmp_path / "state.json"
     correlator, _, _ = run(SEED[:4])
@@ -305,9 +282,6 @@ def body_line(i: int) -> bytes:
     return b'{"time": %d.000000, "content_type": "application/json", "body": "{\\"n\\": %d}"}\n' % (i, i)
 
 
-@pytest.mark.xfail(strict=True, reason="Recorder appends to an existing file that ends in a partial line (a "
-                   "SIGKILL or power loss mid-write) without ending it first: the first body recorded after the "
-                   "start is glued onto the torn line and replay skips it ('a file holds whole lines only')")
 def test_record_file_torn_before_the_start_keeps_the_next_body(tmp_path):
     path = tmp_path / "rec.jsonl"
     path.write_bytes(body_line(1) + body_line(2)[:25])  # torn by a kill
@@ -319,8 +293,6 @@ def test_record_file_torn_before_the_start_keeps_the_next_body(tmp_path):
     assert b'{"n": 3}' in bodies and len(skipped) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="--record follows a symlink at its path: it appends personal data to the "
-                   "link's target and chmods the target to 0600 (open without O_NOFOLLOW, os.chmod on the path)")
 def test_record_does_not_write_through_a_symlink(tmp_path):
     target = tmp_path / "not-a-recording.conf"
     target.write_text("setting = 1\n")
@@ -375,9 +347,6 @@ def test_record_rotation_on_a_full_filesystem_keeps_whole_lines_and_no_fd(tmp_pa
 # --- replay -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="read_records catches ValueError/KeyError/TypeError but not OverflowError "
-                   "(a time that is an integer too large for a float) or RecursionError (a deeply nested line): "
-                   "`mtt-exporter replay` aborts with a traceback instead of skipping and counting the line")
 @pytest.mark.parametrize("bad", [
     pytest.param(b'{"time": 1' + b"0" * 400 + b', "body": "{}"}\n', id="time overflows a float"),
     pytest.param(b"[" * 200_000 + b"\n", id="deeply nested line"),
@@ -390,9 +359,6 @@ def test_replay_skips_a_line_that_breaks_the_parser(tmp_path, bad):
     assert len(skipped) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="replay keeps the recorded spacing without a bound: one line timed 1e300 "
-                   "or \"inf\" (accepted: float(\"inf\")) makes `mtt-exporter replay` sleep for ever after the "
-                   "first body")
 @pytest.mark.parametrize("time_value", [pytest.param(b"1e300", id="1e300"), pytest.param(b'"inf"', id="inf string")])
 def test_replay_of_an_absurd_time_finishes(tmp_path, time_value):
     path = tmp_path / "rec.jsonl"
@@ -404,9 +370,6 @@ def test_replay_of_an_absurd_time_finishes(tmp_path, time_value):
         pytest.fail("replay still sleeping after 10 s")
 
 
-@pytest.mark.xfail(strict=True, reason="read_records passes any JSON value through as the content type: a number "
-                   "or list makes aiohttp raise TypeError inside the post task and replay dies with a traceback; a "
-                   "CR/LF in it raises ValueError and replay exits 2 having sent nothing after it")
 @pytest.mark.parametrize("content_type", [pytest.param(b"5", id="a number"), pytest.param(b'["x"]', id="a list"),
                                           pytest.param(b'"a\\r\\nX-Injected: 1"', id="CR LF")])
 def test_replay_survives_a_hostile_content_type(tmp_path, content_type):
@@ -423,9 +386,6 @@ def test_replay_survives_a_hostile_content_type(tmp_path, content_type):
     assert any("recorded" in line and "400" in line for line in result.stdout.splitlines()), result.stderr[-300:]
 
 
-@pytest.mark.xfail(strict=True, reason="Recorder trusts its own byte count: after another process truncates the "
-                   "file (logrotate copytruncate), a short write on a full disk 'truncates back' to the old offset, "
-                   "which extends the file with NUL bytes after a torn line; the next body is glued onto it and lost")
 def test_record_file_truncated_by_logrotate_then_disk_full_keeps_whole_lines(tmp_path):
     from .test_record import LINE, FullDisk
 
@@ -479,8 +439,6 @@ def test_second_signal_during_the_final_save_loses_nothing(tmp_path, second):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.xfail(strict=True, reason="a FIFO at --record: open(path, 'ab') blocks until a reader appears, so the "
-                   "exporter hangs before listening with no log line (with a reader it exits 1: Illegal seek)")
 def test_fifo_at_the_record_path_does_not_hang_the_start(tmp_path):
     path = tmp_path / "rec.jsonl"
     os.mkfifo(path)
