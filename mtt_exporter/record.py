@@ -87,6 +87,8 @@ class Recorder:
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise OSError(errno.ELOOP, f"--record {self.path} is a symlink: it is written only as a regular file") from None
+            if error.errno == errno.EISDIR:
+                raise OSError(errno.EISDIR, f"--record {self.path} is not a regular file but a directory") from None
             raise
         try:
             status = os.fstat(fd)

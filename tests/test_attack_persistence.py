@@ -1,9 +1,10 @@
 """Outside attacks on the persistence and timing side (#9 items 8 and 9): the state file,
 `--record` / `replay`, and the process clock.
 
-Each test states what the README promises. The ones the code does not keep yet are marked
-`xfail(strict=True)` with the finding as the reason: they pass (and so fail the suite) once
-it is fixed, and the mark must go. Every child process and loop is bounded in time.
+Each test states what the README promises. The ones the code did not keep were marked
+`xfail(strict=True)` with the finding as the reason; all fourteen are fixed and the marks
+gone (docs/reliability.md, "Attack round on persistence"). Every child process and loop is
+bounded in time.
 """
 
 from __future__ import annotations
