@@ -352,8 +352,8 @@ async def _notify(request: web.Request, body: bytes) -> web.Response:
         duplicates += duplicate
         if log.isEnabledFor(logging.DEBUG):
             _log_accepted(notification, duplicate)
-    if accepted:
-        metrics.last_notification = now
+    if accepted:  # wall clock: alerts compare it with Prometheus' time()
+        metrics.last_notification = received
     if errors:
         _count_errors(request, errors)
         if not batch:
