@@ -29,7 +29,6 @@ import errno
 import gc
 import json
 import logging
-import math
 import os
 import stat
 import tempfile
