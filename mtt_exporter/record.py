@@ -72,7 +72,8 @@ class Recorder:
         self.keep = keep
         self._buffer: list[bytes] = []
         self._buffered = 0
-        #: the file may end in a partial line (a failed write could not be truncated back)
+        #: the file ends in a partial line (found so at open or after a truncation by another
+        #: process, or a failed write could not be truncated back): the next write ends it first
         self._torn = False
         #: lines dropped since writing last failed; None while writing works
         self._dropped: int | None = None
