@@ -38,6 +38,8 @@ import json
 import logging
 import os
 import zlib
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -50,13 +52,14 @@ from .correlator import (
     Correlator,
     EvictionReason,
     Fact,
+    MAX_NOTIFICATIONS_PER_CALL,
     apply,
     call_from_dict,
     call_to_dict,
     drop,
     settle,
 )
-from .model import Notification
+from .model import Notification, PayloadError, Reason
 
 try:
     import redis.asyncio as aioredis
@@ -64,7 +67,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 
     BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, asyncio.TimeoutError)
 except ImportError:  # the `redis` extra is not installed
@@ -83,10 +86,21 @@ CLAIM_BATCH = 64
 CLAIM_ROUNDS = 8
 #: Compare-and-set attempts before a notification is correlated locally instead.
 ATTEMPTS = 16
-#: Default socket timeouts: a hung Redis delays a notification by at most this.
-TIMEOUT_SECONDS = 1.0
-#: Notification updates and due calls handled at once.
-MAX_IN_FLIGHT = 64
+#: Bound of one round trip to the backend, connecting included: past it the notifications
+#: it carried are correlated in local memory and the backend counts as down until a probe
+#: answers. Requests never wait for the backend (see `SharedState.submit`), so this bounds
+#: how long a notification stays queued when Redis hangs: at most two of these.
+TIMEOUT_SECONDS = 0.5
+#: Round trips in flight at once, each on its own connection (see `Pipeliner`).
+PIPELINES = 4
+#: Notifications answered and waiting for the backend: past MAX_QUEUED the notifications of
+#: new calls are correlated locally ("behind", visible in /-/ready and the metrics) until the
+#: queue is down to half; past twice that, a request waits for its notification instead.
+MAX_QUEUED = 4096
+#: At shutdown, notifications still queued this long are correlated locally (and saved
+#: with the --state-file, if any).
+FLUSH_SECONDS = 5.0
+#: Due calls decided at once by the tick.
 EXPIRE_IN_FLIGHT = 16
 #: Calls whose last write by this replica is remembered, to write without reading first.
 CACHED_CALLS = 10_000
@@ -149,7 +163,21 @@ class BackendStats:
     in_progress: int = 0
     fallbacks: int = 0
     retries: int = 0
+    #: notifications answered and not yet applied; true while more than MAX_QUEUED were
+    #: (until half drained), and the notifications correlated locally because of it
+    queued: int = 0
+    behind: bool = False
+    overflows: int = 0
     errors: dict[BackendOperation, int] = field(default_factory=lambda: dict.fromkeys(BackendOperation, 0))
+
+
+Result = tuple[bool, list[Fact]]
+#: Receives (notification, time received, its result or the PayloadError that refused it).
+Deliver = Callable[[Notification, float, "Result | PayloadError"], None]
+
+
+def _ignore(n: Notification, now: float, result: Result | PayloadError) -> None:
+    """The default `SharedState.deliver`: results of queued notifications are dropped."""
 
 
 class Contended(Exception):
@@ -228,7 +256,7 @@ def connect(url: str) -> Any:
         sentinel_auth = {"password": s.sentinel_password} if s.sentinel_password else {}
         sentinel = Sentinel(s.hosts, sentinel_kwargs={**options, **sentinel_auth, "ssl": s.tls}, **options)
         return sentinel.master_for(s.service, db=s.db, ssl=s.tls, **s.auth, **options)
-    return aioredis.Redis.from_url(url, max_connections=MAX_IN_FLIGHT + EXPIRE_IN_FLIGHT + 8, **options)
+    return aioredis.Redis.from_url(url, max_connections=PIPELINES + 8, **options)
 
 
 def next_due(call: Call, ttl: float) -> float:
@@ -239,47 +267,85 @@ def next_due(call: Call, ttl: float) -> float:
 
 
 class Pipeliner:
-    """Commands of concurrent requests sent together: one pipeline (one round trip) at a
-    time carries everything queued while the previous one was on its way. The commands of
-    one request stay together and in order. Python's cost per round trip, not Redis's,
-    limits a replica, so this multiplies its throughput under load."""
+    """Commands of concurrent requests sent together. Up to `pipelines` round trips are in
+    flight at once, each on a connection of its own, and each carries everything queued
+    while the others were on their way: at a long round trip a replica's throughput is the
+    commands per pipeline times `pipelines` per round trip, not one request per round trip.
+    The commands of one `send` stay together and in order. Every round trip (connecting
+    included) is bounded by `timeout`; when one fails, the commands queued behind it fail
+    at once too, rather than each waiting for its own timeout."""
 
-    def __init__(self, redis: Any) -> None:
-        self.redis = redis
+    def __init__(self, redis: Any, timeout: float, pipelines: int = PIPELINES) -> None:
+        self.redis, self.timeout, self.pipelines = redis, timeout, pipelines
         self._queue: list[tuple[tuple[tuple[object, ...], ...], asyncio.Future]] = []
-        self._sender: asyncio.Task | None = None
+        self._running = 0
+        self._tasks: set[asyncio.Task] = set()
+        # a Cluster spreads a pipeline over its nodes itself; elsewhere commands go straight
+        # to a connection (redis-py's Pipeline costs more Python per round trip than Redis does)
+        self._direct = getattr(redis, "connection_pool", None) is not None
 
     async def send(self, *commands: tuple[object, ...]) -> list[Any]:
         """Results of `commands` (an exception object for one that failed); raises when
-        the connection failed."""
+        the round trip failed or took longer than the timeout."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append((commands, future))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._run())
+        if self._running < self.pipelines:
+            self._running += 1
+            task = asyncio.create_task(self._run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _run(self) -> None:
+        connection = None
+        pool = self.redis.connection_pool if self._direct else None
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                pipe = self.redis.pipeline(transaction=False)
-                for commands, _ in batch:
-                    for command in commands:
-                        pipe.execute_command(*command)
+                commands = [command for request, _ in batch for command in request]
                 try:
-                    results = await pipe.execute(raise_on_error=False)
+                    async with asyncio.timeout(self.timeout):
+                        if pool is None:
+                            results = await self._pipeline(commands)
+                        else:
+                            if connection is None:
+                                connection = await pool.get_connection()
+                            results = await self._direct_round_trip(connection, commands)
                 except Exception as error:
+                    if connection is not None:
+                        await connection.disconnect(nowait=True)  # its replies may still come: never reuse it
+                    batch += self._queue  # queued behind a failed round trip: fail now, not one timeout each
+                    self._queue = []
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
                 start = 0
-                for commands, future in batch:
+                for request, future in batch:
                     if not future.done():
-                        future.set_result(results[start:start + len(commands)])
-                    start += len(commands)
+                        future.set_result(results[start:start + len(request)])
+                    start += len(request)
         finally:
-            self._sender = None
+            self._running -= 1
+            if connection is not None and pool is not None:
+                await pool.release(connection)
+
+    async def _pipeline(self, commands: list[tuple[object, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    @staticmethod
+    async def _direct_round_trip(connection: Any, commands: list[tuple[object, ...]]) -> list[Any]:
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        results: list[Any] = []
+        for _ in commands:
+            try:
+                results.append(await connection.read_response())
+            except ResponseError as error:  # one command's error: the replies stay in step
+                results.append(error)
+        return results
 
 
 class _Shard:
@@ -307,7 +373,7 @@ def _opened(facts: list[Fact]) -> int:
 
 def _pair(reply: list) -> tuple[bytes, float]:
     """(member, score) of a one-entry ZRANGE WITHSCORES reply, RESP3 [[m, s]] or RESP2 [m, s]."""
-    member, score = reply[0] if isinstance(reply[0], list) else reply
+    member, score = reply[0] if isinstance(reply[0], list | tuple) else reply
     return member, float(score)
 
 
@@ -322,15 +388,18 @@ class SharedState:
         self.ttl, self.grace, self.max_calls = local.ttl, local.grace, local.max_calls
         self.stats = BackendStats()
         self.redis = connect(url)
-        self._pipe = Pipeliner(self.redis)
-        self._gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._pipe = Pipeliner(self.redis, TIMEOUT_SECONDS)
         self._key_ttl_ms = int((self.ttl + KEY_TTL_MARGIN) * 1000)
         self._tokens = (f"{os.urandom(4).hex()}.{i}".encode() for i in itertools.count())
         self._sha: dict[str, str] = {}
         #: conf id -> (token, JSON) of this replica's last write of the call
         self._written: dict[str, tuple[bytes, bytes]] = {}
-        #: conf id -> done when the last request queued for the call is
-        self._busy: dict[str, asyncio.Future] = {}
+        #: conf id -> its notifications waiting for the backend, in order of receipt; the
+        #: first is being applied. One task per call drains it.
+        self._pending: dict[str, deque[tuple[Notification, float, asyncio.Future | None]]] = {}
+        self._drains: set[asyncio.Task] = set()
+        #: where the result of a notification answered before it was applied goes
+        self.deliver: Deliver = _ignore
 
     @property
     def up(self) -> bool:
@@ -348,35 +417,119 @@ class SharedState:
 
     # --- notifications ----------------------------------------------------------------
 
-    async def apply(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
+    def submit(self, n: Notification, now: float, wait: bool = False) -> Result | asyncio.Future | None:
+        """Take one notification received at `now`, without waiting for the backend.
+
+        None: queued for the backend; the request may be answered now, and the result goes
+        to `deliver` once applied. A future (with `wait`, or past 2 x MAX_QUEUED): queued,
+        and the future gives the result. A result: applied in local memory right away
+        (backend down, call held locally, or the backend behind by more than MAX_QUEUED).
+        Notifications of one call are applied in the order they came, one at a time.
+        Raises PayloadError (too_many_items) for a call with MAX_NOTIFICATIONS_PER_CALL queued.
+        """
+        stats = self.stats
+        conf_id = n.conf_id
+        chain = self._pending.get(conf_id)
+        if chain is None and (not stats.up or conf_id in self.local.calls):
+            stats.fallbacks += 1
+            return self.local.apply(n, now)
+        if chain is None and stats.queued >= MAX_QUEUED:
+            if not stats.behind:
+                stats.behind = True
+                log.warning("state backend behind: new calls correlated in local memory",
+                            extra={"backend": masked_url(self.url), "queued": stats.queued})
+            stats.overflows += 1
+            stats.fallbacks += 1
+            return self.local.apply(n, now)
+        future = asyncio.get_running_loop().create_future() if wait or stats.queued >= 2 * MAX_QUEUED else None
+        if chain is None:
+            self._pending[conf_id] = deque([(n, now, future)])
+            task = asyncio.create_task(self._drain(conf_id))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        elif len(chain) >= MAX_NOTIFICATIONS_PER_CALL:
+            raise PayloadError(Reason.TOO_MANY_ITEMS, f"call has more than {MAX_NOTIFICATIONS_PER_CALL} notifications")
+        else:
+            chain.append((n, now, future))
+        stats.queued += 1
+        return future
+
+    async def apply(self, n: Notification, now: float) -> Result:
         """Apply one notification received at `now` to its call, in Redis if it answers."""
+        result = self.submit(n, now, wait=True)
+        return await result if isinstance(result, asyncio.Future) else result
+
+    async def _drain(self, conf_id: str) -> None:
+        """Apply the notifications queued for one call, in order."""
+        chain = self._pending[conf_id]
+        stats = self.stats
+        try:
+            while chain:
+                n, now, future = chain[0]
+                try:
+                    result: Result | PayloadError = await self._apply(n, now)
+                except PayloadError as error:
+                    result = error
+                except asyncio.CancelledError:  # shutdown past its bound: the rest in local memory
+                    self._apply_locally(chain)
+                    raise
+                chain.popleft()
+                stats.queued -= 1
+                if future is None:
+                    self.deliver(n, now, result)
+                elif isinstance(result, PayloadError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            del self._pending[conf_id]
+            if stats.behind and stats.queued <= MAX_QUEUED // 2:
+                stats.behind = False
+                log.warning("state backend caught up", extra={"backend": masked_url(self.url), "queued": stats.queued})
+
+    def _apply_locally(self, chain: deque[tuple[Notification, float, asyncio.Future | None]]) -> None:
+        stats = self.stats
+        while chain:
+            n, now, future = chain.popleft()
+            stats.queued -= 1
+            stats.fallbacks += 1
+            try:
+                result: Result | PayloadError = self.local.apply(n, now)
+            except PayloadError as error:
+                result = error
+            if future is None:
+                self.deliver(n, now, result)
+            elif future.done():
+                pass
+            elif isinstance(result, PayloadError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _apply(self, n: Notification, now: float) -> Result:
+        """One notification, in Redis if it answers and its call is not held locally."""
         stats = self.stats
         if stats.up and n.conf_id not in self.local.calls:
-            async with self._gate:
-                if stats.up:  # it may have gone down while this waited
-                    try:
-                        return await self._apply(n, now)
-                    except Contended:
-                        log.warning("call updated concurrently too often; correlated locally")
-                    except BACKEND_ERRORS as error:
-                        self._failed(BackendOperation.APPLY, error)
+            try:
+                return await self._update(n, now)
+            except Contended:
+                log.warning("call updated concurrently too often; correlated locally")
+            except BACKEND_ERRORS as error:
+                self._failed(BackendOperation.APPLY, error)
         stats.fallbacks += 1
         return self.local.apply(n, now)
 
-    async def _apply(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
-        """One request at a time per call on this replica: the next waits for the one
-        before, instead of racing it and retrying."""
-        conf_id = n.conf_id
-        before = self._busy.get(conf_id)
-        done = self._busy[conf_id] = asyncio.get_running_loop().create_future()
-        try:
-            if before is not None:
-                await before
-            return await self._update(n, now)
-        finally:
-            done.set_result(None)
-            if self._busy.get(conf_id) is done:
-                del self._busy[conf_id]
+    async def flush(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Wait up to `timeout` for the queued notifications; apply the rest in local memory."""
+        if not self._drains:
+            return
+        _, late = await asyncio.wait(set(self._drains), timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.warning("state backend too slow at shutdown: queued notifications correlated locally",
+                        extra={"backend": masked_url(self.url), "calls": len(late)})
 
     async def _update(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
         conf_id = n.conf_id

@@ -23,7 +23,7 @@ from mtt_exporter.correlator import (
     Phase,
     RingOutcome,
 )
-from mtt_exporter.server import METRICS
+from mtt_exporter.server import METRICS, SHARED
 from mtt_exporter.settings import Settings
 from mtt_exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
 
@@ -75,22 +75,15 @@ async def test_scenario_on_two_replicas(pair, case):
 async def test_concurrent_updates_of_one_call_are_both_applied(pair):
     a, b = pair
     computed, go = asyncio.Event(), asyncio.Event()
-    real_pipeline = a.redis.pipeline
+    real_round_trip = a._pipe._direct_round_trip
 
-    def paused_pipeline(**kwargs):  # a computes its write, b writes, then a's write goes out
-        pipe = real_pipeline(**kwargs)
-        real_execute = pipe.execute
+    async def paused_round_trip(connection, commands):  # a computes its write, b writes, then a's goes out
+        if not computed.is_set():
+            computed.set()
+            await go.wait()
+        return await real_round_trip(connection, commands)
 
-        async def execute(**kw):
-            if not computed.is_set():
-                computed.set()
-                await go.wait()
-            return await real_execute(**kw)
-
-        pipe.execute = execute
-        return pipe
-
-    a.redis.pipeline = paused_pipeline
+    a._pipe._direct_round_trip = paused_round_trip
     first = asyncio.create_task(a.apply(SEED[2][1], NOW))  # o
     await computed.wait()
     second = await b.apply(SEED[3][1], NOW)  # s, written while a's write of o is on its way
@@ -190,7 +183,9 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
     client, app = await make_client(state_backend=redis_server.url)
     assert await (await client.get("/-/ready")).json() == {"status": "ready"}
     redis_server.stop()
-    assert (await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1})).status == 200
+    response = await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1})
+    assert (response.status, await response.json()) == (200, {"status": "ok", "accepted": 1, "duplicates": 0, "queued": 1})
+    await app[SHARED].flush()  # answered once queued: now it has been tried, and fell back
     response = await client.get("/-/ready")
     assert (response.status, await response.json()) == (200, {"status": "degraded", "state_backend": "unreachable"})
     registry = app[METRICS].registry
