@@ -1,6 +1,7 @@
 """Benchmark: notifications per second and p99 latency per replica, in memory vs on Redis.
 
     python bench/state_backend.py [--duration 10] [--rounds 3] [--connections 16]
+    python bench/state_backend.py --rtt 0.2 [--calls 2000] [--rounds 3] [--window 64]
 
 Starts its own redis-server (loopback, no persistence) and exporter processes, drives each
 with wrk (bench/state_backend.lua: o, s, h of many interleaved calls, one notification per
@@ -8,6 +9,12 @@ request) and prints a Markdown table of medians over the rounds, setups interlea
 background load hits them alike. Setups: one in-memory exporter; one exporter on Redis;
 two exporters on one Redis, each driven by its own wrk at the same time. Needs
 redis-server and wrk (scripts/system-deps.sh). Results: BENCHMARKS.md.
+
+With --rtt, a slow backend instead: Redis behind tests/delay_proxy.py, which adds RTT seconds
+to every round trip, and the simulator's traffic (`mtt_exporter.simulate`: duplicates,
+reordering, malformed and unknown events) posted as fast as `--window` requests in flight
+allow, to one replica, then split at random over two replicas (some notifications to both
+at once); the summed expositions are compared with the simulator's truth once settled.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.append(str(ROOT))
 LUA = HERE / "state_backend.lua"
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -101,12 +110,95 @@ def run(setup: str, replicas: int, backend: str | None, args: argparse.Namespace
     return [(rate, p99) for rate, p99, _ in results]
 
 
+def slow_backend(args: argparse.Namespace, port: int) -> None:
+    """--rtt: the simulator's traffic through replicas whose Redis is RTT seconds away."""
+    import asyncio
+
+    from tests.process import Exporter
+    from tests.test_replicas import scrape, send, settled, traffic, value
+    from mtt_exporter.simulate import diff, generate
+
+    proxy = subprocess.Popen([sys.executable, "-m", "tests.delay_proxy", "--target", str(port), "--rtt", str(args.rtt)],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    workdir = Path(tempfile.mkdtemp(prefix="mtt-bench-rtt-"))
+    setups = (("memory, 1 replica (the same load on no backend)", 1, False), ("Redis, 1 replica", 1, True),
+              ("Redis, 2 replicas", 2, True))
+    rows: dict[str, list[tuple[float, int, int, float, float]]] = {name: [] for name, _, _ in setups}
+    try:
+        backend = f"redis://127.0.0.1:{int(proxy.stdout.readline())}/0"
+        ping = time.perf_counter()
+        redis_cli(port, "PING")
+        flags = ["--state-backend", backend, "--call-end-grace", "3", "--call-ttl", "8", "--log-level", "warning",
+                 "--max-concurrent-requests", "1024"]
+        for round_ in range(args.rounds):
+            for name, replicas, shared in setups:
+                redis_cli(port, "FLUSHALL")
+                exporters = [Exporter(workdir, *(flags if shared else flags[2:])).start() for _ in range(replicas)]
+                try:
+                    workload = generate(traffic(args.calls, seed=round_ * 2 + replicas))
+
+                    async def once() -> tuple[float, int, int, float, float]:
+                        baseline = await scrape(exporters)
+                        started = time.perf_counter()
+                        wrong = await send(exporters, workload.deliveries, workload.truth, seed=round_,
+                                           both=0.05 if replicas > 1 else 0.0, window=args.window)
+                        rate = len(workload.deliveries) / (time.perf_counter() - started) / replicas
+                        exposition = await settled(exporters)
+                        problems = diff(workload.truth, exposition, baseline)
+                        return (rate, sum(wrong.values()), len(problems),
+                                value(exposition, "mtt_state_backend_fallbacks_total"),
+                                value(exposition, "mtt_state_backend_retries_total"))
+
+                    result = asyncio.run(once())
+                finally:
+                    for exporter in exporters:
+                        exporter.stop()
+                rows[name].append(result)
+                print(f"round {round_ + 1}: {name}: {result[0]:,.0f} notifications/s per replica, {result[1]} unexpected "
+                      f"statuses, {result[2]} differences, {result[3]:g} fallbacks", file=sys.stderr)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        if args.verbose:
+            print(f"exporter logs: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    del ping
+    print(f"\n{os.cpu_count()} CPUs; Redis behind a {args.rtt * 1000:g} ms round trip; {args.rounds} rounds of "
+          f"{args.calls} simulated calls, {args.window} requests in flight; medians (worst for the counts).\n")
+    print("| setup | notifications/s per replica | unexpected statuses (429 ...) | differences from the truth "
+          "| local fallbacks | compare-and-set retries |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, results in rows.items():
+        print(f"| {name} | {statistics.median(r[0] for r in results):,.0f} | {max(r[1] for r in results)} | "
+              f"{max(r[2] for r in results)} | {max(r[3] for r in results):g} | {statistics.median(r[4] for r in results):,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every setup (medians are shown)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections per replica")
+    parser.add_argument("--rtt", type=float, help="seconds added to every round trip to Redis: the slow-backend run")
+    parser.add_argument("--calls", type=int, default=2000, help="--rtt: simulated calls per run")
+    parser.add_argument("--window", type=int, default=64, help="--rtt: requests in flight")
+    parser.add_argument("--verbose", action="store_true", help="--rtt: keep the exporters' logs")
     args = parser.parse_args()
+    if args.rtt is not None:
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server not found: sh scripts/system-deps.sh")
+        workdir = tempfile.mkdtemp(prefix="mtt-bench-")
+        port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(0.3)
+            slow_backend(args, port)
+        finally:
+            redis.terminate()
+            redis.wait(timeout=10)
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     for binary in ("redis-server", "redis-cli", "wrk"):
         if shutil.which(binary) is None:
             raise SystemExit(f"{binary} not found: sh scripts/system-deps.sh")

@@ -86,11 +86,16 @@ CLAIM_BATCH = 64
 CLAIM_ROUNDS = 8
 #: Compare-and-set attempts before a notification is correlated locally instead.
 ATTEMPTS = 16
-#: Bound of one round trip to the backend, connecting included: past it the notifications
-#: it carried are correlated in local memory and the backend counts as down until a probe
-#: answers. Requests never wait for the backend (see `SharedState.submit`), so this bounds
-#: how long a notification stays queued when Redis hangs: at most two of these.
+#: Bound of one round trip to the backend (and, apart, of connecting): past it the
+#: notifications it carried are correlated in local memory and the backend counts as down
+#: until a probe answers. Requests never wait for the backend (see `SharedState.submit`);
+#: this bounds how long a notification stays queued when Redis hangs: a round trip, behind
+#: one other at most, plus connecting if the connection is new.
 TIMEOUT_SECONDS = 0.5
+#: Bound of connecting (a TCP handshake and up to four round trips of set-up in redis-py),
+#: done at start and
+#: after a failure only.
+CONNECT_TIMEOUT_SECONDS = 2.0
 #: Round trips in flight at once, each on its own connection (see `Pipeliner`).
 PIPELINES = 4
 #: Notifications answered and waiting for the backend: past MAX_QUEUED the notifications of
@@ -100,8 +105,9 @@ MAX_QUEUED = 4096
 #: At shutdown, notifications still queued this long are correlated locally (and saved
 #: with the --state-file, if any).
 FLUSH_SECONDS = 5.0
-#: Due calls decided at once by the tick.
-EXPIRE_IN_FLIGHT = 16
+#: Due calls decided at once by the tick: each takes one or two round trips, so at a long
+#: round trip this is what keeps decisions up with the calls that come in.
+EXPIRE_IN_FLIGHT = 256
 #: Calls whose last write by this replica is remembered, to write without reading first.
 CACHED_CALLS = 10_000
 #: URL schemes: a single endpoint, a Cluster (one node to start from), Sentinel.
@@ -241,7 +247,7 @@ def connect(url: str) -> Any:
     """A client for `url` (see SCHEMES), failing fast: no retries, short timeouts."""
     options: dict[str, Any] = dict(
         socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),  # a failure means fallback at once, not a wait
         client_name="mtt-exporter",
     )
@@ -304,12 +310,17 @@ class Pipeliner:
                 batch, self._queue = self._queue, []
                 commands = [command for request, _ in batch for command in request]
                 try:
+                    if pool is not None and (connection is None or not connection.is_connected):
+                        # connecting takes round trips of its own (TCP, CLIENT SETNAME, SETINFO)
+                        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                            if connection is None:
+                                connection = await pool.get_connection()
+                            else:
+                                await connection.connect()
                     async with asyncio.timeout(self.timeout):
                         if pool is None:
                             results = await self._pipeline(commands)
                         else:
-                            if connection is None:
-                                connection = await pool.get_connection()
                             results = await self._direct_round_trip(connection, commands)
                 except Exception as error:
                     if connection is not None:
@@ -512,9 +523,11 @@ class SharedState:
         if stats.up and n.conf_id not in self.local.calls:
             try:
                 return await self._update(n, now)
+            except PayloadError:
+                raise
             except Contended:
                 log.warning("call updated concurrently too often; correlated locally")
-            except BACKEND_ERRORS as error:
+            except Exception as error:  # noqa: BLE001 - whatever broke, the notification is not lost
                 self._failed(BackendOperation.APPLY, error)
         stats.fallbacks += 1
         return self.local.apply(n, now)
@@ -595,7 +608,9 @@ class SharedState:
 
     async def _decide(self, conf_id: str, now: float) -> list[Fact]:
         """The decisions due for one claimed call, written (which releases the claim)."""
-        token, data = await self._read(conf_id)
+        token, data = self._written.get(conf_id, (None, None))  # the guess, as in `_update`
+        if data is None:
+            token, data = await self._read(conf_id)
         for _ in range(ATTEMPTS):
             call = self._decode(data)
             facts: list[Fact] = []
@@ -704,7 +719,7 @@ class SharedState:
         try:
             pool = getattr(self.redis, "connection_pool", None)
             if pool is not None:
-                await pool.disconnect()  # none of the broken connections is reused
+                await pool.disconnect(inuse_connections=False)  # none of the broken connections is reused
             await self.redis.ping()
             await self._load_scripts()
             await self._count()
@@ -721,7 +736,8 @@ class SharedState:
             self.stats.up = False
             log.warning(
                 "state backend unreachable: correlating in local memory",
-                extra={"backend": masked_url(self.url), "operation": operation.value, "error": str(error)},
+                extra={"backend": masked_url(self.url), "operation": operation.value,
+                       "error": f"{type(error).__name__}: {error}"[:200]},
             )
 
     async def start(self) -> None:
