@@ -159,6 +159,7 @@ def slow_backend(args: argparse.Namespace, port: int) -> None:
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
+        proxy.stdout.close()
         if args.verbose:
             print(f"exporter logs: {workdir}", file=sys.stderr)
         else:

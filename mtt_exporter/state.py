@@ -86,12 +86,14 @@ CLAIM_BATCH = 64
 CLAIM_ROUNDS = 8
 #: Compare-and-set attempts before a notification is correlated locally instead.
 ATTEMPTS = 16
-#: Bound of one round trip to the backend (and, apart, of connecting): past it the
-#: notifications it carried are correlated in local memory and the backend counts as down
-#: until a probe answers. Requests never wait for the backend (see `SharedState.submit`);
-#: this bounds how long a notification stays queued when Redis hangs: a round trip, behind
-#: one other at most, plus connecting if the connection is new.
+#: Bound of one round trip to the backend: its usual time (a moving average) plus
+#: TIMEOUT_SECONDS, at most MAX_TIMEOUT_SECONDS. Past it the notifications it carried are
+#: correlated in local memory and the backend counts as down until a probe answers (every
+#: second). Requests never wait for the backend (see `SharedState.submit`): this bounds how
+#: long a notification stays queued when Redis hangs (plus connecting, if the connection
+#: is new). The margin over the usual round trip keeps a busy host from tripping it.
 TIMEOUT_SECONDS = 0.5
+MAX_TIMEOUT_SECONDS = 0.9
 #: Bound of connecting (a TCP handshake and up to four round trips of set-up in redis-py),
 #: done at start and
 #: after a failure only.
@@ -246,7 +248,7 @@ def check_url(url: str) -> None:
 def connect(url: str) -> Any:
     """A client for `url` (see SCHEMES), failing fast: no retries, short timeouts."""
     options: dict[str, Any] = dict(
-        socket_timeout=TIMEOUT_SECONDS,
+        socket_timeout=MAX_TIMEOUT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),  # a failure means fallback at once, not a wait
         client_name="mtt-exporter",
@@ -281,8 +283,11 @@ class Pipeliner:
     included) is bounded by `timeout`; when one fails, the commands queued behind it fail
     at once too, rather than each waiting for its own timeout."""
 
-    def __init__(self, redis: Any, timeout: float, pipelines: int = PIPELINES) -> None:
-        self.redis, self.timeout, self.pipelines = redis, timeout, pipelines
+    def __init__(self, redis: Any, timeout: float = TIMEOUT_SECONDS, most: float = MAX_TIMEOUT_SECONDS,
+                 pipelines: int = PIPELINES) -> None:
+        self.redis, self.timeout, self.most, self.pipelines = redis, timeout, most, pipelines
+        #: the usual round trip: a moving average of those that succeeded
+        self.round_trip = 0.0
         self._queue: list[tuple[tuple[tuple[object, ...], ...], asyncio.Future]] = []
         self._running = 0
         self._tasks: set[asyncio.Task] = set()
@@ -305,6 +310,7 @@ class Pipeliner:
     async def _run(self) -> None:
         connection = None
         pool = self.redis.connection_pool if self._direct else None
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
@@ -317,11 +323,13 @@ class Pipeliner:
                                 connection = await pool.get_connection()
                             else:
                                 await connection.connect()
-                    async with asyncio.timeout(self.timeout):
+                    started = loop.time()
+                    async with asyncio.timeout(min(self.round_trip + self.timeout, self.most)):
                         if pool is None:
                             results = await self._pipeline(commands)
                         else:
                             results = await self._direct_round_trip(connection, commands)
+                    self.round_trip += (loop.time() - started - self.round_trip) / 8
                 except Exception as error:
                     if connection is not None:
                         await connection.disconnect(nowait=True)  # its replies may still come: never reuse it
@@ -399,7 +407,7 @@ class SharedState:
         self.ttl, self.grace, self.max_calls = local.ttl, local.grace, local.max_calls
         self.stats = BackendStats()
         self.redis = connect(url)
-        self._pipe = Pipeliner(self.redis, TIMEOUT_SECONDS)
+        self._pipe = Pipeliner(self.redis)
         self._key_ttl_ms = int((self.ttl + KEY_TTL_MARGIN) * 1000)
         self._tokens = (f"{os.urandom(4).hex()}.{i}".encode() for i in itertools.count())
         self._sha: dict[str, str] = {}
@@ -577,6 +585,8 @@ class SharedState:
         if not self.stats.up:
             await self._probe()
             return []
+        # nothing is decided past a notification this replica received and has not applied yet
+        now = min((chain[0][1] for chain in self._pending.values()), default=now) if self._pending else now
         facts: list[Fact] = []
         try:
             for _ in range(CLAIM_ROUNDS):
