@@ -68,6 +68,12 @@ def redis_cpu(port: int) -> float:
     return sum(float(re.search(rf"{name}:([\d.]+)", info)[1]) for name in ("used_cpu_user", "used_cpu_sys"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_exporter(backend: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     flags = ["--listen", f"127.0.0.1:{port}", "--log-level", "error", "--call-end-grace", "1"]
@@ -87,10 +93,15 @@ def parse_wrk(output: str) -> tuple[float, float, int]:
     return rate, float(value) * UNITS[unit], int(bad[1]) if bad else 0
 
 
-def run(setup: str, replicas: int, backend: str | None, args: argparse.Namespace, tag: str) -> list[tuple[float, float]]:
-    """Start `replicas` exporters, load them all at once; [(requests/s, p99)] per replica."""
+def run(setup: str, replicas: int, backend: str | None, args: argparse.Namespace,
+        tag: str) -> list[tuple[float, float, float]]:
+    """Start `replicas` exporters, load them all at once; [(requests/s, p99, exporter CPU
+    seconds per request)] per replica. The CPU time is what other load on the machine
+    disturbs least: the ratio of two setups' CPU per request is their ratio of throughput
+    on a core of their own."""
     exporters = [start_exporter(backend) for _ in range(replicas)]
     try:
+        cpu = [cpu_seconds(process.pid) for process, _ in exporters]
         loads = [
             subprocess.Popen(
                 ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", str(LUA),
@@ -100,6 +111,8 @@ def run(setup: str, replicas: int, backend: str | None, args: argparse.Namespace
             for i, (_, url) in enumerate(exporters)
         ]
         results = [parse_wrk(load.communicate()[0]) for load in loads]
+        time.sleep(0.5)  # the last queued notifications are applied (and paid for)
+        cpu = [cpu_seconds(process.pid) - before for (process, _), before in zip(exporters, cpu, strict=True)]
     finally:
         for process, _ in exporters:
             process.terminate()
@@ -107,7 +120,7 @@ def run(setup: str, replicas: int, backend: str | None, args: argparse.Namespace
     for rate, p99, bad in results:
         if bad:
             raise SystemExit(f"{setup}: {bad} responses were not 2xx")
-    return [(rate, p99) for rate, p99, _ in results]
+    return [(rate, p99, used / (rate * args.duration)) for (rate, p99, _), used in zip(results, cpu, strict=True)]
 
 
 def slow_backend(args: argparse.Namespace, port: int) -> None:
@@ -212,7 +225,7 @@ def main() -> None:
     )
     backend = f"redis://127.0.0.1:{port}/0"
     setups = [("memory, 1 replica", 1, None), ("Redis, 1 replica", 1, backend), ("Redis, 2 replicas", 2, backend)]
-    per: dict[str, list[list[tuple[float, float]]]] = {name: [] for name, _, _ in setups}
+    per: dict[str, list[list[tuple[float, float, float]]]] = {name: [] for name, _, _ in setups}
     cpu: dict[str, list[float]] = {name: [] for name, _, _ in setups}
     load = os.getloadavg()[0]
     try:
@@ -223,9 +236,10 @@ def main() -> None:
                 before = redis_cpu(port)
                 results = run(name, replicas, url, args, tag=f"r{round_}{time.time_ns()}")
                 per[name].append(results)
-                requests = sum(rate for rate, _ in results) * args.duration
+                requests = sum(rate for rate, _, _ in results) * args.duration
                 cpu[name].append((redis_cpu(port) - before) / requests * 1e6)
-                print(f"round {round_ + 1}: {name}: " + ", ".join(f"{r:,.0f}/s p99 {p * 1000:.1f} ms" for r, p in results),
+                print(f"round {round_ + 1}: {name}: " + ", ".join(f"{r:,.0f}/s p99 {p * 1000:.1f} ms, {c * 1e6:.0f} µs CPU"
+                                                                   for r, p, c in results),
                       file=sys.stderr)
     finally:
         redis.terminate()
@@ -234,15 +248,18 @@ def main() -> None:
 
     print(f"\n{os.cpu_count()} CPUs, load average {load:.2f} at start; {args.rounds} rounds of {args.duration} s, "
           f"wrk -t1 -c{args.connections} per replica; medians.\n")
-    print("| setup | notifications/s per replica | all replicas | p99 latency | Redis CPU per notification |")
-    print("|---|---:|---:|---:|---:|")
+    print("| setup | notifications/s per replica | all replicas | p99 latency | exporter CPU per notification "
+          "| vs memory (by CPU) | Redis CPU per notification |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    memory_cpu = statistics.median(statistics.mean(c for _, _, c in results) for results in per[setups[0][0]])
     for name, replicas, url in setups:
-        rates = [statistics.mean(r for r, _ in results) for results in per[name]]
-        totals = [sum(r for r, _ in results) for results in per[name]]
-        p99s = [max(p for _, p in results) for results in per[name]]
+        rates = [statistics.mean(r for r, _, _ in results) for results in per[name]]
+        totals = [sum(r for r, _, _ in results) for results in per[name]]
+        p99s = [max(p for _, p, _ in results) for results in per[name]]
+        used = statistics.median(statistics.mean(c for _, _, c in results) for results in per[name])
         redis_share = f"{statistics.median(cpu[name]):.0f} µs" if url else "-"
         print(f"| {name} | {statistics.median(rates):,.0f} | {statistics.median(totals):,.0f} | "
-              f"{statistics.median(p99s) * 1000:.1f} ms | {redis_share} |")
+              f"{statistics.median(p99s) * 1000:.1f} ms | {used * 1e6:.0f} µs | {memory_cpu / used:.2f} | {redis_share} |")
 
 
 if __name__ == "__main__":

@@ -274,6 +274,19 @@ def next_due(call: Call, ttl: float) -> float:
     return deadline if deadline is not None and deadline < expiry else expiry
 
 
+def _packed(command: tuple[object, ...]) -> bytes:
+    """`command` in RESP, as redis-py's encoder writes it (bytes as they are, str as UTF-8,
+    numbers as repr), at a fifth of its cost: the hot path writes one command per notification."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif not isinstance(arg, bytes):
+            arg = repr(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
 class Pipeliner:
     """Commands of concurrent requests sent together. Up to `pipelines` round trips are in
     flight at once, each on a connection of its own, and each carries everything queued
@@ -357,7 +370,13 @@ class Pipeliner:
 
     @staticmethod
     async def _direct_round_trip(connection: Any, commands: list[tuple[object, ...]]) -> list[Any]:
-        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        await connection.send_packed_command(b"".join(map(_packed, commands)), check_health=False)
+        parser = getattr(connection, "_parser", None)
+        if parser is not None:
+            # the parser itself: an error reply comes back as an exception object, and none of
+            # Connection.read_response's per-reply timeout and bookkeeping (the round trip
+            # has its own bound), which cost more than the parsing
+            return [await parser.read_response() for _ in commands]
         results: list[Any] = []
         for _ in commands:
             try:
@@ -411,8 +430,9 @@ class SharedState:
         self._key_ttl_ms = int((self.ttl + KEY_TTL_MARGIN) * 1000)
         self._tokens = (f"{os.urandom(4).hex()}.{i}".encode() for i in itertools.count())
         self._sha: dict[str, str] = {}
-        #: conf id -> (token, JSON) of this replica's last write of the call
-        self._written: dict[str, tuple[bytes, bytes]] = {}
+        #: conf id -> (token, call) of this replica's last write of the call; taken out by
+        #: whoever uses it, as the call is then changed in place
+        self._written: dict[str, tuple[bytes, Call]] = {}
         #: conf id -> its notifications waiting for the backend, in order of receipt; the
         #: first is being applied. One task per call drains it.
         self._pending: dict[str, deque[tuple[Notification, float, asyncio.Future | None]]] = {}
@@ -554,14 +574,14 @@ class SharedState:
 
     async def _update(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
         conf_id = n.conf_id
-        token, data = self._written.get(conf_id, (b"", None))  # the guess
+        token, call = self._written.pop(conf_id, None) or (b"", None)  # the guess
         evicted: list[Fact] = []
-        if data is None and self.stats.calls >= self.max_calls:  # evict only for a call that is new
+        if call is None and self.stats.calls >= self.max_calls:  # evict only for a call that is new
             token, data = await self._read(conf_id)
-            if data is None:
+            call = self._decode(data)
+            if call is None:
                 evicted = await self._evict()
         for _ in range(ATTEMPTS):
-            call = self._decode(data)
             facts: list[Fact] = []
             if call is None:
                 call, new = Call(now), True
@@ -575,6 +595,7 @@ class SharedState:
                     self.stats.calls += 1
                 return duplicate, facts + more + evicted
             token, data = result  # the call as it is now
+            call = self._decode(data)
             self.stats.retries += 1
         raise Contended
 
@@ -618,11 +639,13 @@ class SharedState:
 
     async def _decide(self, conf_id: str, now: float) -> list[Fact]:
         """The decisions due for one claimed call, written (which releases the claim)."""
-        token, data = self._written.get(conf_id, (None, None))  # the guess, as in `_update`
-        if data is None:
+        guess = self._written.pop(conf_id, None)  # as in `_update`
+        if guess is not None:
+            token, call = guess
+        else:
             token, data = await self._read(conf_id)
-        for _ in range(ATTEMPTS):
             call = self._decode(data)
+        for _ in range(ATTEMPTS):
             facts: list[Fact] = []
             if call is None:
                 shard = self.shard(conf_id)
@@ -639,6 +662,7 @@ class SharedState:
             if result == 1:
                 return facts
             token, data = result
+            call = self._decode(data)
             self.stats.retries += 1
         raise Contended
 
@@ -706,8 +730,8 @@ class SharedState:
         if result == 1:
             cache = self._written
             cache.pop(conf_id, None)
-            if data:
-                cache[conf_id] = (new, data)
+            if call is not None:
+                cache[conf_id] = (new, call)
                 if len(cache) > CACHED_CALLS:
                     del cache[next(iter(cache))]
         return result
