@@ -30,6 +30,7 @@ from .correlator import (
 )
 from .model import Conflict, EventType, Notification, Reason, Side
 from .state import BackendOperation, BackendStats
+from .statefile import SetAside
 
 #: Notification delay: MTT posts within seconds; minutes mean a backlog.
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 900)
@@ -106,6 +107,14 @@ class Metrics:
             "mtt_exporter_build_info", "Exporter version; the value is always 1.",
             ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
+        #: receipt time of the last request that brought an accepted notification: a plain float
+        #: the handler assigns (no lock per request), read at scrape time
+        self.last_notification = 0.0
+        Gauge(
+            "mtt_last_notification_timestamp_seconds",
+            "Receipt time (Unix seconds) of the last accepted notification, duplicates included; 0 before the first.",
+            registry=r,
+        ).set_function(lambda: self.last_notification)
 
         # pre-resolved children: label lookups stay off the hot path
         self._notifications = {e: self.notifications.labels(event=e.value) for e in EventType}
@@ -175,6 +184,15 @@ class Metrics:
             "Calls held in memory: in progress, and ended ones kept for duplicate detection.",
             registry=self.registry,
         ).set_function(tracked)
+
+    def track_state_file(self) -> None:
+        """Expose `mtt_state_file_set_aside_total`, only with --state-file."""
+        self.state_set_aside = Counter(
+            "mtt_state_file_set_aside",
+            "State files not loaded at start but set aside, by reason (corrupt, undated, stale, future).",
+            ["reason"], registry=self.registry)
+        for reason in SetAside:
+            self.state_set_aside.labels(reason=reason.value)
 
     def track_backend(self, stats: BackendStats) -> None:
         """Expose the shared state backend's health and counters, read at scrape time."""

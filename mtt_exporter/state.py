@@ -180,11 +180,15 @@ class BackendStats:
 
 
 Result = tuple[bool, list[Fact]]
-#: Receives (notification, time received, its result or the PayloadError that refused it).
+#: Receives (notification, the `received` given to `submit`, its result or the PayloadError
+#: that refused it).
 Deliver = Callable[[Notification, float, "Result | PayloadError"], None]
+#: A queued notification: (it, the time to apply it at, when it was received, a future to
+#: answer or None to `deliver`)
+Queued = tuple[Notification, float, float, "asyncio.Future | None"]
 
 
-def _ignore(n: Notification, now: float, result: Result | PayloadError) -> None:
+def _ignore(n: Notification, received: float, result: Result | PayloadError) -> None:
     """The default `SharedState.deliver`: results of queued notifications are dropped."""
 
 
@@ -435,7 +439,7 @@ class SharedState:
         self._written: dict[str, tuple[bytes, Call]] = {}
         #: conf id -> its notifications waiting for the backend, in order of receipt; the
         #: first is being applied. One task per call drains it.
-        self._pending: dict[str, deque[tuple[Notification, float, asyncio.Future | None]]] = {}
+        self._pending: dict[str, deque[Queued]] = {}
         self._drains: set[asyncio.Task] = set()
         #: where the result of a notification answered before it was applied goes
         self.deliver: Deliver = _ignore
@@ -456,7 +460,8 @@ class SharedState:
 
     # --- notifications ----------------------------------------------------------------
 
-    def submit(self, n: Notification, now: float, wait: bool = False) -> Result | asyncio.Future | None:
+    def submit(self, n: Notification, now: float, wait: bool = False,
+               received: float | None = None) -> Result | asyncio.Future | None:
         """Take one notification received at `now`, without waiting for the backend.
 
         None: queued for the backend; the request may be answered now, and the result goes
@@ -465,6 +470,7 @@ class SharedState:
         (backend down, call held locally, or the backend behind by more than MAX_QUEUED).
         Notifications of one call are applied in the order they came, one at a time.
         Raises PayloadError (too_many_items) for a call with MAX_NOTIFICATIONS_PER_CALL queued.
+        `received` (default `now`) is handed to `deliver` as it is.
         """
         stats = self.stats
         conf_id = n.conf_id
@@ -482,14 +488,14 @@ class SharedState:
             return self.local.apply(n, now)
         future = asyncio.get_running_loop().create_future() if wait or stats.queued >= 2 * MAX_QUEUED else None
         if chain is None:
-            self._pending[conf_id] = deque([(n, now, future)])
+            self._pending[conf_id] = deque([(n, now, now if received is None else received, future)])
             task = asyncio.create_task(self._drain(conf_id))
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
         elif len(chain) >= MAX_NOTIFICATIONS_PER_CALL:
             raise PayloadError(Reason.TOO_MANY_ITEMS, f"call has more than {MAX_NOTIFICATIONS_PER_CALL} notifications")
         else:
-            chain.append((n, now, future))
+            chain.append((n, now, now if received is None else received, future))
         stats.queued += 1
         return future
 
@@ -504,7 +510,7 @@ class SharedState:
         stats = self.stats
         try:
             while chain:
-                n, now, future = chain[0]
+                n, now, received, future = chain[0]
                 try:
                     result: Result | PayloadError = await self._apply(n, now)
                 except PayloadError as error:
@@ -512,10 +518,13 @@ class SharedState:
                 except asyncio.CancelledError:  # shutdown past its bound: the rest in local memory
                     self._apply_locally(chain)
                     raise
+                except Exception:  # a bug of ours: counted as refused, the rest of the call goes on
+                    log.exception("failed on a queued notification")
+                    result = PayloadError(Reason.INTERNAL, "internal error")
                 chain.popleft()
                 stats.queued -= 1
                 if future is None:
-                    self.deliver(n, now, result)
+                    self.deliver(n, received, result)
                 elif isinstance(result, PayloadError):
                     future.set_exception(result)
                 else:
@@ -526,10 +535,10 @@ class SharedState:
                 stats.behind = False
                 log.warning("state backend caught up", extra={"backend": masked_url(self.url), "queued": stats.queued})
 
-    def _apply_locally(self, chain: deque[tuple[Notification, float, asyncio.Future | None]]) -> None:
+    def _apply_locally(self, chain: deque[Queued]) -> None:
         stats = self.stats
         while chain:
-            n, now, future = chain.popleft()
+            n, now, received, future = chain.popleft()
             stats.queued -= 1
             stats.fallbacks += 1
             try:
@@ -537,7 +546,7 @@ class SharedState:
             except PayloadError as error:
                 result = error
             if future is None:
-                self.deliver(n, now, result)
+                self.deliver(n, received, result)
             elif future.done():
                 pass
             elif isinstance(result, PayloadError):

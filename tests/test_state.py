@@ -187,7 +187,7 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
     client, app = await make_client(state_backend=redis_server.url)
     assert await (await client.get("/-/ready")).json() == {"status": "ready"}
     redis_server.stop()
-    response = await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1})
+    response = await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1_767_225_600})
     assert (response.status, await response.json()) == (200, {"status": "ok", "accepted": 1, "duplicates": 0, "queued": 1})
     await app[SHARED].flush()  # answered once queued: now it has been tried, and fell back
     response = await client.get("/-/ready")
@@ -419,7 +419,7 @@ async def test_a_hung_or_blackholed_backend_is_failed_over_at_the_bound(make_cli
     client, app = await make_client(state_backend=f"redis://127.0.0.1:{proxy.port}/0")
     shared = app[SHARED]
     registry = app[METRICS].registry
-    first = {"h323_conf_id": "F", "event": {"type": "o"}, "date_time": 1}
+    first = {"h323_conf_id": "F", "event": {"type": "o"}, "date_time": 1_767_225_600}
     assert (await client.post("/notify", json=first)).status == 200
     await asyncio.wait(set(shared._drains))
     assert shared.up and registry.get_sample_value("mtt_calls_in_progress") == 1
@@ -428,7 +428,7 @@ async def test_a_hung_or_blackholed_backend_is_failed_over_at_the_bound(make_cli
     else:
         proxy.blackhole = True
     try:
-        response = await client.post("/notify", json={"h323_conf_id": "G", "event": {"type": "o"}, "date_time": 2})
+        response = await client.post("/notify", json={"h323_conf_id": "G", "event": {"type": "o"}, "date_time": 1_767_225_601})
         # answered before the backend was even tried: the request waits for nothing
         assert (response.status, (await response.json())["queued"]) == (200, 1)
         assert (shared.stats.queued, shared.stats.errors["apply"]) == (1, 0)
