@@ -131,6 +131,11 @@ def slow_backend(args: argparse.Namespace, port: int) -> None:
     from tests.test_replicas import scrape, send, settled, traffic, value
     from mtt_exporter.simulate import diff, generate
 
+    try:  # the load generator is Python too: on uvloop it sends more per core
+        import uvloop
+        run_loop = uvloop.run
+    except ImportError:
+        run_loop = asyncio.run
     proxy = subprocess.Popen([sys.executable, "-m", "tests.delay_proxy", "--target", str(port), "--rtt", str(args.rtt)],
                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
     workdir = Path(tempfile.mkdtemp(prefix="mtt-bench-rtt-"))
@@ -162,7 +167,7 @@ def slow_backend(args: argparse.Namespace, port: int) -> None:
                                 value(exposition, "mtt_state_backend_fallbacks_total"),
                                 value(exposition, "mtt_state_backend_retries_total"))
 
-                    result = asyncio.run(once())
+                    result = run_loop(once())
                 finally:
                     for exporter in exporters:
                         exporter.stop()
