@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench bench-state lock image
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -28,6 +28,12 @@ dashboards: $(VENV)/.test-installed
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps
 	$(PY) bench/run.py $(ARGS)
+	$(MAKE) bench-state
+
+# BENCHMARKS.md, *Shared state on Redis*: loopback vs memory, and Redis 200 ms away (~5 min).
+bench-state: $(VENV)/.test-installed system-deps
+	$(PY) bench/state_backend.py --duration 5 --rounds 3
+	$(PY) bench/state_backend.py --rtt 0.2 --calls 1500 --rounds 3
 
 # deploy/requirements.lock: every package of the image, pinned with hashes (the Dockerfile
 # installs only it). Rerun after changing dependencies; ARGS=--upgrade moves every pin.

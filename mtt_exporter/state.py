@@ -10,8 +10,14 @@ that succeeded, so a notification or a decision is counted once, whichever repli
 
 A write needs no read first when this replica can guess the call: absent (its first
 notification), or as this replica last wrote it (a small cache); a wrong guess costs the
-round trip a read would have. Requests for one call on one replica take turns; the
-commands of concurrent requests share one pipeline per round trip.
+round trip a read would have.
+
+A request does not wait for any of this: `submit` queues the notification and the request
+is answered; one task per call applies the call's queued notifications in order, and hands
+each result to `deliver` (server.py records the metrics then). The commands of all calls
+share up to PIPELINES round trips in flight (`Pipeliner`), each bounded in time, so neither
+the round-trip time nor a hung Redis holds a request; a Redis too slow for the traffic shows
+as `behind` (MAX_QUEUED), never as a refusal.
 
 Keys. Calls are spread over SHARDS shards by a CRC of the conf id; every key of a shard
 carries the hash tag `{mtt-<shard>}`, so Redis Cluster keeps a call and its indexes in one
@@ -25,9 +31,10 @@ slot and the compare-and-set updates them atomically:
   entry when the lease ends. Its write of the decided call removes the entry;
 - `{mtt-N}:seen`: conf id -> last receipt time: the oldest is evicted at `--max-calls`.
 
-If Redis fails, notifications are correlated in local memory (the `Correlator` the default
-uses), `up` turns false, and the ticker probes Redis every second until it answers. A call
-that received a notification in local memory stays there until it ends or expires.
+If Redis fails or a round trip outlasts its bound, notifications are correlated in local
+memory (the `Correlator` the default uses), `up` turns false, and the ticker probes Redis
+every second until it answers. A call that received a notification in local memory stays
+there until it ends or expires.
 """
 
 from __future__ import annotations
