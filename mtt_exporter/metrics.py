@@ -189,7 +189,7 @@ class Metrics:
         """Expose `mtt_state_file_set_aside_total`, only with --state-file."""
         self.state_set_aside = Counter(
             "mtt_state_file_set_aside",
-            "State files not loaded at start but set aside, by reason (corrupt, undated, stale, future).",
+            "State files not loaded at start but set aside, by reason (corrupt, unreadable, oversize, undated, stale, future).",
             ["reason"], registry=self.registry)
         for reason in SetAside:
             self.state_set_aside.labels(reason=reason.value)
