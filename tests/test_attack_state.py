@@ -476,3 +476,100 @@ async def test_a_hostile_call_record_stays_bounded(redis_server, tmp_path):
     finally:
         _stop([exporter])
     assert "Traceback" not in exporter.log()
+
+
+async def test_redis_out_of_memory_no_5xx_no_loss_no_log_flood(tmp_path):
+    """maxmemory reached (noeviction): every write refused with OOM. Answered 200, every
+    notification counted, at most a few log lines a second."""
+    from .test_replicas import PER_NOTIFICATION
+    server = RedisServer(need_binary("redis-server"), tmp_path, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    server.start()
+    try:
+        replicas = [Exporter(tmp_path, *_flags(server.url)).start() for _ in range(2)]
+        try:
+            with server.client() as client:
+                for i in range(200):  # filled until writes are refused
+                    try:
+                        client.set(f"junk:{i}", b"x" * 100_000)
+                    except Exception:  # noqa: BLE001 - OOM: full
+                        break
+            workload = generate(traffic(200, seed=33, duplicate_pct=0))
+            baseline = await scrape(replicas)
+            started = time.monotonic()
+            assert await send(replicas, workload.deliveries, workload.truth, seed=33) == {}
+            exposition = await _quiet(replicas, timeout=30)
+            elapsed = time.monotonic() - started
+            problems = diff(workload.truth, exposition, baseline)
+            assert [p for p in problems if p.startswith(PER_NOTIFICATION)] == []
+            assert value(exposition, "mtt_state_backend_errors_total") > 0
+            print(f"\nOOM: fallbacks {value(exposition, 'mtt_state_backend_fallbacks_total'):g}, "
+                  f"{len(problems)} call-level series off, log lines {[r.log().count(chr(10)) for r in replicas]} "
+                  f"in {elapsed:.0f} s")
+        finally:
+            _stop(replicas)
+        for replica in replicas:
+            assert "Traceback" not in replica.log()
+            assert replica.log().count("\n") < 10 + 4 * elapsed
+    finally:
+        server.stop()
+
+
+async def test_sigterm_during_a_backlog_exits_in_time(redis_server, tmp_path):
+    """1,000 notifications of one call queued behind a 50 ms Redis at SIGTERM: the 5 s flush,
+    then local memory; exit 0 well within the 60 s a supervisor grants."""
+    proxy = subprocess.Popen([sys.executable, "-m", "tests.delay_proxy", "--target", str(redis_server.port), "--rtt", "0.05"],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        exporter = Exporter(tmp_path, *_flags(f"redis://127.0.0.1:{int(proxy.stdout.readline())}/0")).start()
+        assert exporter.request("POST", "/notify", _hostile_batch("0" * 31 + "3"),
+                                {"Content-Type": "application/json"})[0] == 200
+        started = time.monotonic()
+        assert exporter.stop(timeout=30) == 0
+        took = time.monotonic() - started
+        print(f"\nSIGTERM with ~1,000 queued: exit in {took:.1f} s")
+        assert took < 15
+        assert "correlated locally" in exporter.log() and "Traceback" not in exporter.log()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        proxy.stdout.close()
+
+
+@pytest.mark.xfail(strict=True, reason="a round trip past its bound (here: the replica frozen) may still have been "
+                   "executed by Redis: its compare-and-sets stand, and the exporter applies the same notifications "
+                   "again in local memory; the call starts are never recorded for the Redis copies, so once "
+                   "decided the summed mtt_calls_in_progress stays negative for good (-29 after 150 calls, 2 s "
+                   "SIGSTOP) and calls are counted twice")
+async def test_a_replica_frozen_with_queued_work_costs_nothing(redis_server, tmp_path):
+    """Replica A (Redis 50 ms away) frozen by SIGSTOP for 2 s right after being sent the
+    first half of the traffic, the second half sent to B meanwhile, then A resumed: Redis
+    never failed, so the sum is the truth."""
+    proxy = subprocess.Popen([sys.executable, "-m", "tests.delay_proxy", "--target", str(redis_server.port), "--rtt", "0.05"],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        a = Exporter(tmp_path, "--state-backend", f"redis://127.0.0.1:{int(proxy.stdout.readline())}/0",
+                     "--call-end-grace", "3", "--call-ttl", "8").start()
+        b = Exporter(tmp_path, "--state-backend", redis_server.url, "--call-end-grace", "3", "--call-ttl", "8").start()
+        try:
+            workload = generate(traffic(150, seed=34, duplicate_pct=0))
+            half = len(workload.deliveries) // 2
+            baseline = await scrape([a, b])
+            wrong = await send([a], workload.deliveries[:half], workload.truth, seed=34, window=64)
+            a.process.send_signal(signal.SIGSTOP)
+            try:
+                wrong += await send([b], workload.deliveries[half:], workload.truth, seed=35)
+                await asyncio.sleep(2)
+            finally:
+                a.process.send_signal(signal.SIGCONT)
+            assert wrong == {}
+            exposition = await _quiet([a, b], timeout=40)
+            problems = diff(workload.truth, exposition, baseline)
+            print(f"\nSIGSTOP 2 s: fallbacks {value(exposition, 'mtt_state_backend_fallbacks_total'):g}, "
+                  f"{len(problems)} series off: {problems[:3]}")
+            assert problems == []
+        finally:
+            _stop([a, b])
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        proxy.stdout.close()
