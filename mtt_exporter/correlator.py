@@ -13,7 +13,12 @@ Rules, per call (keyed by the normalised h323_conf_id):
   side A was seen, or no leg is open, and nothing changed that for the grace period;
 - ended calls stay (for duplicate detection and late legs) until the TTL since their last
   notification; a call or leg still open then is counted as expired;
-- a call takes at most MAX_NOTIFICATIONS_PER_CALL distinct notifications (memory bound).
+- a call takes at most MAX_NOTIFICATIONS_PER_CALL distinct notifications (memory bound);
+- the line of a call (a name of the label map, never the number) is decided once, from its
+  first notification that carries a sip_id; the destination of a leg is looked up from its
+  redirect number when its facts are made;
+- the caller's wait runs from the caller's first notification (premedia A or the first `o`)
+  to the first answer on any leg, or to the caller's hangup of a call never answered.
 
 `dump_state`/`load_state` turn the call table into JSON-able data and back, for restarts;
 `call_to_dict`/`call_from_dict` do it for one call.
@@ -29,14 +34,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .cause import CAUSE_MAX, LegOutcome, unanswered_outcome
+from .labelmap import MAX_NAME_LENGTH, NO_LABELS, OTHER, LabelMap
 from .model import EventType, Notification, PayloadError, Reason, Side
 
 #: Distinct notifications one call may take; real calls have ~8 per leg. Bounds memory
 #: (legs, premedia, dedup keys) and the linear dedup scan against a sender that
 #: repeats one call id with ever new times or numbers.
 MAX_NOTIFICATIONS_PER_CALL = 1000
-#: Version of the data of `dump_state`; `load_state` refuses any other.
-STATE_VERSION = 1
+#: Version of the data of `dump_state`; `load_state` reads it and the versions in
+#: READABLE_STATE_VERSIONS (1: before lines and waits; its calls load with neither).
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)
 STATE_FORMAT = "mtt-exporter-state"
 
 
@@ -65,6 +73,13 @@ class RingOutcome(StrEnum):
     UNANSWERED = "unanswered"
 
 
+class WaitOutcome(StrEnum):
+    """How the caller's wait ended: someone answered, or the caller gave up."""
+
+    ANSWERED = "answered"
+    ABANDONED = "abandoned"
+
+
 class EvictionReason(StrEnum):
     """Why an in-progress call was dropped from memory."""
 
@@ -74,19 +89,32 @@ class EvictionReason(StrEnum):
 
 @dataclass(slots=True, frozen=True)
 class Duration:
-    """An interval measured on one call; `label` is the side or ring outcome."""
+    """An interval measured on one call; `label` is the side or ring outcome; `destination`
+    the leg's destination group (ring only)."""
 
     phase: Phase
     seconds: float
     label: str = ""
     conf_id: str = ""
+    destination: str = OTHER
+
+
+@dataclass(slots=True, frozen=True)
+class Applied:
+    """An originate, answer or hangup notification applied (not a duplicate) to a call of `line`."""
+
+    event: EventType
+    side: Side
+    cause: int | None
+    line: str = OTHER
 
 
 @dataclass(slots=True, frozen=True)
 class LegEnded:
-    """A leg ended with this outcome."""
+    """A leg to a number of `destination` ended with this outcome."""
 
     outcome: LegOutcome
+    destination: str = OTHER
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,9 +129,19 @@ class CallRestored:
 
 @dataclass(slots=True, frozen=True)
 class CallEnded:
-    """A call ended with this outcome."""
+    """A call of `line` ended with this outcome."""
 
     outcome: CallOutcome
+    line: str = OTHER
+
+
+@dataclass(slots=True, frozen=True)
+class Waited:
+    """The caller of a call of `line` waited this long until answered or abandoned."""
+
+    outcome: WaitOutcome
+    seconds: float
+    line: str = OTHER
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,7 +151,7 @@ class Evicted:
     reason: EvictionReason
 
 
-Fact = Duration | LegEnded | CallStarted | CallRestored | CallEnded | Evicted
+Fact = Applied | Duration | LegEnded | CallStarted | CallRestored | CallEnded | Waited | Evicted
 
 
 class Leg:
@@ -139,7 +177,7 @@ class Call:
     a few, found by number), dedup keys as machine integers, premedia None when all paired.
     """
 
-    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended")
+    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended", "line", "start", "a_hangup_at")
 
     def __init__(self, now: float) -> None:
         #: one per redirect number (a number tried again replaces its ended leg)
@@ -153,6 +191,12 @@ class Call:
         self.deadline: float | None = None
         self.a_hangup = False
         self.ended = False
+        #: name from the label map, decided by the first notification with a sip_id; "" until then
+        self.line = ""
+        #: event time of the caller's first notification (premedia A or `o`): the wait's start
+        self.start: float | None = None
+        #: event time of the caller's hangup: the end of an abandoned call's wait
+        self.a_hangup_at: float | None = None
 
 
 _PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
@@ -190,8 +234,30 @@ def _leg_for(call: Call, n: Notification) -> Leg | None:
     return leg
 
 
-def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
+def _line(call: Call, labels: LabelMap) -> str:
+    return call.line or labels.line("")
+
+
+def _first_answer(call: Call) -> float | None:
+    return min((leg.s for leg in call.legs if leg.s is not None), default=None)
+
+
+def _caller_seen(call: Call, time: float, labels: LabelMap, facts: list[Fact]) -> None:
+    """The caller was there at `time`: an earlier start of the wait; measured if already answered."""
+    start = call.start
+    if start is None:
+        call.start = time
+        answered = _first_answer(call)
+        if answered is not None:  # the answer came in first (out-of-order delivery)
+            facts.append(Waited(WaitOutcome.ANSWERED, _span(time, answered), _line(call, labels)))
+    elif time < start:
+        call.start = time
+
+
+def _premedia(call: Call, n: Notification, facts: list[Fact], labels: LabelMap) -> None:
     number = n.number_a if n.side is Side.A else n.redirect_number
+    if n.side is Side.A:
+        _caller_seen(call, n.time, labels, facts)
     if call.premedia is None:
         call.premedia = {}
     key = (n.side.value, number)
@@ -205,18 +271,20 @@ def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
             call.premedia = None
 
 
-def _end_leg(leg: Leg, conf_id: str, facts: list[Fact]) -> None:
+def _end_leg(leg: Leg, conf_id: str, facts: list[Fact], labels: LabelMap) -> None:
     leg.done = True
+    destination = labels.destination(leg.number)
     if leg.s is not None:
-        facts.append(LegEnded(LegOutcome.ANSWERED))
+        facts.append(LegEnded(LegOutcome.ANSWERED, destination))
         return
-    facts.append(LegEnded(unanswered_outcome(leg.cause, leg.side)))
+    facts.append(LegEnded(unanswered_outcome(leg.cause, leg.side), destination))
     if leg.o is not None and leg.h is not None:
-        facts.append(Duration(Phase.RING, _span(leg.o, leg.h), RingOutcome.UNANSWERED, conf_id))
+        facts.append(Duration(Phase.RING, _span(leg.o, leg.h), RingOutcome.UNANSWERED, conf_id, destination))
 
 
-def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, list[Fact]]:
-    """Apply one notification to its call; returns (duplicate, facts).
+def apply(call: Call, n: Notification, now: float, grace: float, labels: LabelMap = NO_LABELS) -> tuple[bool, list[Fact]]:
+    """Apply one notification to its call; returns (duplicate, facts). `labels` names the
+    line (decided here, once) and the destinations.
 
     Raises PayloadError (too_many_items) when the call already took its maximum.
     """
@@ -229,33 +297,48 @@ def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, 
     call.last_seen = now
     call.seen.append(key)
     facts: list[Fact] = []
+    if n.sip_id and not call.line:
+        call.line = labels.line(n.sip_id, n.extension)
     event = n.event
     if event is EventType.PREMEDIA_START or event is EventType.PREMEDIA_END:
-        _premedia(call, n, facts)
+        _premedia(call, n, facts, labels)
         return False, facts
 
+    line = call.line or labels.line("")
+    if event is not EventType.TALK:
+        facts.append(Applied(event, n.side, n.cause, line))
     leg = _leg_for(call, n)
     if leg is None:  # a hangup that names no leg: only the call-level facts
-        call.a_hangup = call.a_hangup or n.side is Side.A
+        if n.side is Side.A:
+            call.a_hangup = True
+            if call.a_hangup_at is None:
+                call.a_hangup_at = n.time
         call.deadline = now + grace
     elif event is EventType.ORIGINATE:
         if leg.o is not None and leg.h is not None:
             # the same number tried again: a new leg
             if not leg.done:
-                _end_leg(leg, n.conf_id, facts)
+                _end_leg(leg, n.conf_id, facts, labels)
             call.legs[call.legs.index(leg)] = leg = Leg(leg.number)
         if leg.o is None:
             leg.o = n.time
             if leg.s is not None:
-                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id))
+                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
+                                      labels.destination(leg.number)))
+        if call.start is None or n.time < call.start:
+            _caller_seen(call, n.time, labels, facts)
     elif event is EventType.ANSWER:
         if leg.s is None and not leg.done:
+            first = call.start is not None and _first_answer(call) is None
             leg.s = n.time
+            if first:
+                facts.append(Waited(WaitOutcome.ANSWERED, _span(call.start, n.time), line))  # type: ignore[arg-type]
             if leg.o is not None:
-                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id))
+                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
+                                      labels.destination(leg.number)))
             if leg.h is not None:
                 facts.append(Duration(Phase.ANSWERED, _span(leg.s, leg.h), conf_id=n.conf_id))
-                _end_leg(leg, n.conf_id, facts)
+                _end_leg(leg, n.conf_id, facts, labels)
     elif event is EventType.TALK:
         if leg.t is None:
             leg.t = n.time
@@ -264,62 +347,70 @@ def apply(call: Call, n: Notification, now: float, grace: float) -> tuple[bool, 
     else:  # HANGUP
         if n.side is Side.A:
             call.a_hangup = True
+            if call.a_hangup_at is None:
+                call.a_hangup_at = n.time
         if leg.h is None:
             leg.h, leg.cause, leg.side = n.time, n.cause, n.side
             if leg.t is not None:
                 facts.append(Duration(Phase.TALK, _span(leg.t, leg.h), conf_id=n.conf_id))
             if leg.s is not None:
                 facts.append(Duration(Phase.ANSWERED, _span(leg.s, leg.h), conf_id=n.conf_id))
-                _end_leg(leg, n.conf_id, facts)
+                _end_leg(leg, n.conf_id, facts, labels)
         call.deadline = now + grace
-    settle(call, n.conf_id, now, facts)
+    settle(call, n.conf_id, now, facts, labels)
     return False, facts
 
 
-def settle(call: Call, conf_id: str, now: float, facts: list[Fact]) -> None:
+def settle(call: Call, conf_id: str, now: float, facts: list[Fact], labels: LabelMap = NO_LABELS) -> None:
     """Make the decisions that are due: unanswered legs past grace, and the call's end."""
     due = call.deadline is not None and now >= call.deadline
     if due:
         for leg in call.legs:
             if leg.h is not None and not leg.done:
-                _end_leg(leg, conf_id, facts)
+                _end_leg(leg, conf_id, facts, labels)
     if call.ended:
         return
     legs = call.legs
     if any(leg.s is not None for leg in legs):
         if call.a_hangup or any(leg.s is not None and leg.h is not None for leg in legs):
-            _end_call(call, CallOutcome.ANSWERED, facts)
+            _end_call(call, CallOutcome.ANSWERED, facts, labels)
         return
     if due and (call.a_hangup or (legs and all(leg.h is not None for leg in legs))):
-        _end_call(call, CallOutcome.ABANDONED if call.a_hangup else CallOutcome.UNANSWERED, facts)
+        _end_call(call, CallOutcome.ABANDONED if call.a_hangup else CallOutcome.UNANSWERED, facts, labels)
 
 
-def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact]) -> None:
+def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact], labels: LabelMap) -> None:
     call.ended = True
-    facts.append(CallEnded(outcome))
+    line = _line(call, labels)
+    if outcome is CallOutcome.ABANDONED and call.start is not None and call.a_hangup_at is not None:
+        facts.append(Waited(WaitOutcome.ABANDONED, _span(call.start, call.a_hangup_at), line))
+    facts.append(CallEnded(outcome, line))
 
 
-def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact]) -> None:
+def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact], labels: LabelMap = NO_LABELS) -> None:
     """Facts for a call leaving memory: pending legs decided, open legs and call expired."""
     for leg in call.legs:
         if not leg.done:
             if leg.h is not None:
-                _end_leg(leg, conf_id, facts)
+                _end_leg(leg, conf_id, facts, labels)
             else:
                 leg.done = True
-                facts.append(LegEnded(LegOutcome.EXPIRED))
+                facts.append(LegEnded(LegOutcome.EXPIRED, labels.destination(leg.number)))
     if not call.ended:
         facts.append(Evicted(reason))
-        _end_call(call, CallOutcome.EXPIRED, facts)
+        _end_call(call, CallOutcome.EXPIRED, facts, labels)
 
 
 class Correlator:
     """In-memory call table: bounded by a TTL since the last notification and a cap."""
 
-    def __init__(self, ttl: float = 6 * 3600, max_calls: int = 500_000, grace: float = 15.0) -> None:
+    def __init__(self, ttl: float = 6 * 3600, max_calls: int = 500_000, grace: float = 15.0,
+                 labels: LabelMap = NO_LABELS) -> None:
         self.ttl = ttl
         self.max_calls = max_calls
         self.grace = grace
+        #: the label map in force; replaced whole on a reload
+        self.labels = labels
         self.calls: OrderedDict[str, Call] = OrderedDict()
         self._deadlines: list[tuple[float, str]] = []
 
@@ -337,7 +428,7 @@ class Correlator:
         else:
             self.calls.move_to_end(n.conf_id)
         deadline = call.deadline
-        duplicate, more = apply(call, n, now, self.grace)
+        duplicate, more = apply(call, n, now, self.grace, self.labels)
         if call.deadline is not None and call.deadline != deadline:
             heapq.heappush(self._deadlines, (call.deadline, n.conf_id))
         facts.extend(more)
@@ -346,7 +437,7 @@ class Correlator:
     def _evict_above(self, limit: int, facts: list[Fact]) -> None:
         while len(self.calls) > limit:
             old_id, old = self.calls.popitem(last=False)
-            drop(old, old_id, EvictionReason.CAPACITY, facts)
+            drop(old, old_id, EvictionReason.CAPACITY, facts, self.labels)
 
     def expire(self, now: float) -> list[Fact]:
         """Decisions due at `now`: grace periods that ran out, then calls past their TTL."""
@@ -356,7 +447,7 @@ class Correlator:
             _, conf_id = heapq.heappop(heap)
             call = self.calls.get(conf_id)
             if call is not None and call.deadline is not None and call.deadline <= now:
-                settle(call, conf_id, now, facts)
+                settle(call, conf_id, now, facts, self.labels)
                 call.deadline = None
         calls = self.calls
         while calls:
@@ -364,7 +455,7 @@ class Correlator:
             if call.last_seen + self.ttl > now:
                 break
             del calls[conf_id]
-            drop(call, conf_id, EvictionReason.TTL, facts)
+            drop(call, conf_id, EvictionReason.TTL, facts, self.labels)
         return facts
 
     def in_progress(self) -> int:
@@ -385,7 +476,8 @@ def call_to_dict(call: Call) -> dict:
     `legs` lists [redirect number, o, s, t, h, cause, side, done]; `premedia` lists
     [side, number, sp, ep]; `seen` holds the signed 64-bit dedup keys. Times are Unix
     seconds: event times for the legs and premedia, receipt (wall-clock) for last_seen and
-    deadline.
+    deadline. Since version 2: `line` (a label-map name), `start` and `a_hangup_at` (event
+    times bounding the caller's wait).
     """
     data: dict = {
         "legs": [[leg.number, leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done] for leg in call.legs],
@@ -400,6 +492,12 @@ def call_to_dict(call: Call) -> dict:
         data["a_hangup"] = True
     if call.ended:
         data["ended"] = True
+    if call.line:
+        data["line"] = call.line
+    if call.start is not None:
+        data["start"] = call.start
+    if call.a_hangup_at is not None:
+        data["a_hangup_at"] = call.a_hangup_at
     return data
 
 
@@ -467,6 +565,12 @@ def call_from_dict(data: object) -> Call:
     call.deadline = _optional_time(data.get("deadline"))
     call.a_hangup = _flag(data.get("a_hangup", False))
     call.ended = _flag(data.get("ended", False))
+    line = _text(data.get("line", ""))
+    if len(line) > MAX_NAME_LENGTH:
+        raise StateError(f"call: line longer than {MAX_NAME_LENGTH} characters")
+    call.line = line
+    call.start = _optional_time(data.get("start"))
+    call.a_hangup_at = _optional_time(data.get("a_hangup_at"))
     return call
 
 
@@ -490,8 +594,9 @@ def load_state(data: object, correlator: Correlator) -> list[Fact]:
         raise ValueError("load_state needs an empty correlator")
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise StateError("not an mtt-exporter state")
-    if data.get("version") != STATE_VERSION:
-        raise StateError(f"state version {data.get('version')!r}, this exporter reads {STATE_VERSION}")
+    version = data.get("version")
+    if type(version) is not int or version not in READABLE_STATE_VERSIONS:
+        raise StateError(f"state version {version!r}, this exporter reads {READABLE_STATE_VERSIONS}")
     entries = data.get("calls")
     if not isinstance(entries, list):
         raise StateError("calls: expected a list")

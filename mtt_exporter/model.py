@@ -18,6 +18,8 @@ MOSCOW = ZoneInfo("Europe/Moscow")
 MILLISECONDS_ABOVE = 10**12
 #: Longest call id and number kept in memory; MTT's ids are 32 hex digits.
 MAX_ID_LENGTH = 64
+#: Longest extension used (for the label map's sip_id/extension keys); longer ones are ignored.
+MAX_EXTENSION_LENGTH = 16
 
 
 class EventType(StrEnum):
@@ -101,6 +103,8 @@ class Notification:
     number_a: str = ""
     sip_id: str = ""
     conflicts: tuple[Conflict, ...] = field(default=())
+    #: extension of sip_id, stripped; "" when absent or longer than MAX_EXTENSION_LENGTH
+    extension: str = ""
 
 
 # --- raw payload -------------------------------------------------------------------------
@@ -165,6 +169,7 @@ class _Fields(NamedTuple):
     sip_id: _Scalar
     numberA: _Scalar
     h323_conf_id: _Scalar
+    extension: _Scalar
 
 
 _SCALAR_TYPES = (str, int, float)
@@ -194,7 +199,7 @@ def _plain_fields(cleaned: dict[Any, Any]) -> _Fields | None:
             return None
         event = _Event(kind, side, cause)
     return _Fields(get("date_time"), data, event, get("cause"), get("redirect_number"), get("sip_id"),
-                   get("numberA"), get("h323_conf_id"))
+                   get("numberA"), get("h323_conf_id"), get("extension"))
 
 
 _DATA = re.compile(
@@ -367,6 +372,7 @@ def parse(item: object) -> Notification:
     if len(redirect) > MAX_ID_LENGTH:
         raise PayloadError(Reason.INVALID, f"redirect_number: longer than {MAX_ID_LENGTH} characters")
 
+    extension = str(raw.extension).strip() if _present(raw.extension) else ""
     return Notification(
         conf_id=conf_id,
         event=event,
@@ -377,6 +383,7 @@ def parse(item: object) -> Notification:
         number_a=number_a,
         sip_id=normalise_number(raw.sip_id) if _present(raw.sip_id) else "",
         conflicts=tuple(conflicts),
+        extension=extension if len(extension) <= MAX_EXTENSION_LENGTH else "",
     )
 
 

@@ -197,7 +197,7 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
     assert registry.get_sample_value("mtt_state_backend_up") == 0
     assert registry.get_sample_value("mtt_state_backend_errors_total", {"operation": "apply"}) == 1
     assert registry.get_sample_value("mtt_state_backend_fallbacks_total") == 1
-    assert registry.get_sample_value("mtt_call_attempts_total") == 1
+    assert registry.get_sample_value("mtt_call_attempts_total", {"line": "other"}) == 1
     result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode() + result.stderr.decode()
 
