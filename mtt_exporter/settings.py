@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         "(rediss:// for TLS), redis+cluster://HOST:PORT, redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]; "
         "default: this process's memory.",
     )
+    label_map: FilePath | None = Field(
+        None, description="YAML file naming lines (sip_id -> name) and destinations (redirect number -> name); "
+        "reloaded on SIGHUP and POST /-/reload. Without it every line and destination is 'other'.")
+    max_lines: int = Field(50, ge=1, le=1000, description="Most distinct line names the --label-map may have.")
+    max_destinations: int = Field(50, ge=1, le=1000, description="Most distinct destination names the --label-map may have.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
