@@ -99,9 +99,13 @@ class Duration:
     destination: str = OTHER
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Applied:
-    """An originate, answer or hangup notification applied (not a duplicate) to a call of `line`."""
+    """An originate, answer or hangup notification applied (not a duplicate) to a call of `line`.
+
+    Not frozen, unlike the other facts: one is made per notification, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) costs four times as much.
+    """
 
     event: EventType
     side: Side
@@ -329,10 +333,14 @@ def apply(call: Call, n: Notification, now: float, grace: float, labels: LabelMa
             _caller_seen(call, n.time, labels, facts)
     elif event is EventType.ANSWER:
         if leg.s is None and not leg.done:
-            first = call.start is not None and _first_answer(call) is None
+            start = call.start
+            if start is not None:
+                for other in call.legs:
+                    if other.s is not None:
+                        break
+                else:  # the call's first answer: the caller's wait is over
+                    facts.append(Waited(WaitOutcome.ANSWERED, _span(start, n.time), line))
             leg.s = n.time
-            if first:
-                facts.append(Waited(WaitOutcome.ANSWERED, _span(call.start, n.time), line))  # type: ignore[arg-type]
             if leg.o is not None:
                 facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
                                       labels.destination(leg.number)))
