@@ -582,13 +582,16 @@ def call_from_dict(data: object) -> Call:
     return call
 
 
-def dump_state(correlator: Correlator) -> dict:
-    """The call table as JSON-able data, least recently seen first (the eviction order)."""
-    return {
-        "format": STATE_FORMAT,
-        "version": STATE_VERSION,
-        "calls": [[conf_id, call_to_dict(call)] for conf_id, call in correlator.calls.items()],
-    }
+def dump_state(correlator: Correlator, shift: float = 0.0) -> dict:
+    """The call table as JSON-able data, least recently seen first (the eviction order);
+    receipt times moved by `shift` (from the clock of the decisions to the wall clock)."""
+    calls = [[conf_id, call_to_dict(call)] for conf_id, call in correlator.calls.items()]
+    if shift:
+        for _, data in calls:
+            data["last_seen"] += shift
+            if "deadline" in data:
+                data["deadline"] += shift
+    return {"format": STATE_FORMAT, "version": STATE_VERSION, "calls": calls}
 
 
 def load_state(data: object, correlator: Correlator) -> list[Fact]:

@@ -36,6 +36,7 @@ from .correlator import (
 from .labelmap import NO_LABELS, OTHER, LabelMap
 from .model import Conflict, EventType, Notification, Reason, Side
 from .state import BackendOperation, BackendStats
+from .statefile import SetAside
 
 #: Notification delay: MTT posts within seconds; minutes mean a backlog.
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 900)
@@ -248,6 +249,15 @@ class Metrics:
             "Calls held in memory: in progress, and ended ones kept for duplicate detection.",
             registry=self.registry,
         ).set_function(tracked)
+
+    def track_state_file(self) -> None:
+        """Expose `mtt_state_file_set_aside_total`, only with --state-file."""
+        self.state_set_aside = Counter(
+            "mtt_state_file_set_aside",
+            "State files not loaded at start but set aside, by reason (corrupt, undated, stale, future).",
+            ["reason"], registry=self.registry)
+        for reason in SetAside:
+            self.state_set_aside.labels(reason=reason.value)
 
     def track_backend(self, stats: BackendStats) -> None:
         """Expose the shared state backend's health and counters, read at scrape time."""

@@ -12,10 +12,12 @@ request; logging's RotatingFileHandler would flush every record.
 from __future__ import annotations
 
 import base64
+import binascii
+import errno
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 
@@ -30,8 +32,22 @@ def _json_string(text: str) -> bytes:
 RECORD_FLUSH_BYTES = 256 * 1024
 
 
+class _ShortWrite(OSError):
+    """A write that stopped part-way (disk full, file size limit); `lines`: whole lines that made it."""
+
+    def __init__(self, error: OSError, lines: int) -> None:
+        super().__init__(error.errno, error.strerror or str(error))
+        self.lines = lines
+
+
 class Recorder:
-    """Appends bodies to `path`, rotating to path.1 .. path.<keep> past `max_bytes`."""
+    """Appends bodies to `path`, rotating to path.1 .. path.<keep> before a file would pass `max_bytes`.
+
+    Files hold whole lines only: a write cut short (disk full) is truncated back to its
+    last complete line, and the lines that did not fit are dropped, counted in the log
+    (one line when writing fails, one when it works again). `max_bytes` is a hard limit:
+    a body whose line alone is larger is not recorded.
+    """
 
     def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
         self.path = Path(path)
@@ -39,6 +55,10 @@ class Recorder:
         self.keep = keep
         self._buffer: list[bytes] = []
         self._buffered = 0
+        #: the file may end in a partial line (a failed write could not be truncated back)
+        self._torn = False
+        #: lines dropped since writing last failed; None while writing works
+        self._dropped: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 
@@ -63,21 +83,73 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is buffered, rotating first when the file would pass `max_bytes`."""
+        """Write what is buffered, rotating whenever the next line would take the file past `max_bytes`."""
         if not self._buffer:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
+        lines = self._buffer
+        self._buffer, self._buffered = [], 0
+        written = oversize = 0
         try:
             if self._file.closed:  # a rotation failed half-way
                 self._open()
-            if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            self._file.write(data)
-            self._size += len(data)
+            chunk: list[bytes] = []
+            size = self._size
+            for line in lines:
+                if len(line) > self.max_bytes:
+                    oversize += 1
+                    continue
+                if size + len(line) > self.max_bytes:
+                    self._append(chunk)
+                    written += len(chunk)
+                    chunk = []
+                    self._rotate()
+                    size = 0
+                chunk.append(line)
+                size += len(line)
+            self._append(chunk)
+            written += len(chunk)
         except OSError as error:  # e.g. disk full: lose the recording, never the notification
-            log.warning("cannot write --record file, %d bytes dropped: %s", len(data), error)
+            if isinstance(error, _ShortWrite):
+                written += error.lines
+            self._failed(error, len(lines) - oversize - written)
+        else:
+            if self._dropped is not None:
+                log.warning("--record file written again; %d bodies were not recorded meanwhile", self._dropped)
+                self._dropped = None
+        if oversize:
+            log.warning("%d bodies not recorded: one line would be larger than --record-max-bytes %d", oversize, self.max_bytes)
+
+    def _append(self, chunk: list[bytes]) -> None:
+        """Write whole lines or none: on a short write, truncate back to the last complete line."""
+        if not chunk:
+            return
+        data = b"".join(chunk)
+        if self._torn:
+            data = b"\n" + data  # ends the partial line: replay skips it, the next line is whole
+        start, done = self._size, 0
+        try:
+            while done < len(data):
+                count = self._file.write(data[done:])
+                if not count:
+                    raise OSError(errno.ENOSPC, "write made no progress")
+                done += count
+        except OSError as error:
+            kept = data.rfind(b"\n", 0, done) + 1
+            try:
+                os.ftruncate(self._file.fileno(), start + kept)
+            except (OSError, ValueError):  # the line stays torn; the next write ends it
+                self._size, self._torn = start + done, done > kept or (self._torn and kept == 0)
+            else:
+                self._size, self._torn = start + kept, self._torn and kept == 0
+            raise _ShortWrite(error, data.count(b"\n", 0, kept) - (data[:1] == b"\n" and kept > 0)) from None
+        self._size += done
+        self._torn = False
+
+    def _failed(self, error: OSError, dropped: int) -> None:
+        if self._dropped is None:
+            self._dropped = 0
+            log.warning("cannot write --record file, bodies are dropped until it can be written again: %s", error)
+        self._dropped += dropped
 
     def _rotate(self) -> None:
         self._file.close()
@@ -89,6 +161,7 @@ class Recorder:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
+        self._torn = False
         self._open()
 
     def close(self) -> None:
@@ -97,8 +170,12 @@ class Recorder:
             self._file.close()
 
 
-def read_records(paths: Iterable[Path]) -> Iterator[tuple[float, bytes, str]]:
-    """(receipt time, body, content type) of every line of the files, in the order given."""
+def read_records(paths: Iterable[Path], on_skip: Callable[[str], None] | None = None) -> Iterator[tuple[float, bytes, str]]:
+    """(receipt time, body, content type) of every line of the files, in the order given.
+
+    A line that is not a recorded body (torn by a full disk, edited) is skipped and passed to
+    `on_skip` as "FILE:LINE: why"; without `on_skip` it raises ValueError.
+    """
     for path in paths:
         with open(path, "rb") as lines:
             for number, raw in enumerate(lines, 1):
@@ -106,7 +183,12 @@ def read_records(paths: Iterable[Path]) -> Iterator[tuple[float, bytes, str]]:
                     continue
                 try:
                     line = json.loads(raw)
-                    body = line["body"].encode() if "body" in line else base64.b64decode(line["body_b64"])
-                    yield float(line["time"]), body, line.get("content_type") or "application/json"
-                except (ValueError, KeyError, TypeError) as error:
-                    raise ValueError(f"{path}:{number}: not a recorded body ({error})") from None
+                    body = line["body"].encode() if "body" in line else base64.b64decode(line["body_b64"], validate=True)
+                    record = float(line["time"]), body, line.get("content_type") or "application/json"
+                except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+                    where = f"{path}:{number}: not a recorded body ({type(error).__name__})"
+                    if on_skip is None:
+                        raise ValueError(where) from None
+                    on_skip(where)
+                    continue
+                yield record

@@ -2,7 +2,8 @@
 
 `mtt-exporter replay FILE... [--url URL] [--speed N | --as-fast-as-possible]` re-posts bodies
 recorded with `--record` (give rotated files oldest first: rec.jsonl.2 rec.jsonl.1 rec.jsonl),
-keeping their spacing in time divided by N.
+keeping their spacing in time divided by N. A line that is not a recorded body (torn by a
+full disk) is skipped and counted; a file with no recorded body at all is refused.
 """
 
 from __future__ import annotations
@@ -139,9 +140,10 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def _replayed(paths: list[Path]) -> Iterable[Delivery]:
+def _replayed(paths: list[Path], skipped: list[str]) -> Iterable[Delivery]:
+    """The recorded bodies as deliveries; lines that are not a recorded body go to `skipped`."""
     first: float | None = None
-    for receipt, body, content_type in read_records(paths):
+    for receipt, body, content_type in read_records(paths, skipped.append):
         first = receipt if first is None else first
         yield Delivery(max(receipt - first, 0.0), body, "recorded", content_type=content_type)
 
@@ -163,17 +165,23 @@ def main(argv: list[str] | None = None) -> None:
         if not path.is_file():
             parser.error(f"no such file: {path}")
     console = Console(stderr=True)
+    skipped: list[str] = []
     with progress_bar(console) as progress:
         task = progress.add_task("replay", total=None, unit="bodies", info="")
         try:
             stats = asyncio.run(post_all(
-                _replayed(args.files), args.url, speed=None if args.as_fast_as_possible else args.speed,
+                _replayed(args.files, skipped), args.url, speed=None if args.as_fast_as_possible else args.speed,
                 concurrency=args.concurrency, headers=auth_headers(args.token),
                 on_progress=lambda s: progress.update(task, completed=s.sent),
             ))
         except ValueError as error:
             console.print(f"mtt-exporter replay: {error}")
             raise SystemExit(2) from None
+    if skipped:
+        console.print(f"{len(skipped)} lines skipped, not a recorded body (first: {skipped[0]})", markup=False, highlight=False)
+        if not stats.sent:
+            console.print("mtt-exporter replay: no recorded body in the files")
+            raise SystemExit(2)
     Console().print(stats.table("replayed"))
     if stats.failures():
         console.print(f"{stats.failures()} bodies failed (transport error or 5xx)")

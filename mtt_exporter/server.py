@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__, labelmap
+from .clock import ProcessClock
 from .correlator import Correlator
 from .metrics import Metrics
 from .model import Notification, PayloadError, Reason, mask_number, parse
@@ -37,7 +38,10 @@ log = logging.getLogger("mtt_exporter")
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 CORRELATOR = web.AppKey("correlator", Correlator)
+#: The wall clock: receipt times compared with MTT's event times, and recorded.
 CLOCK = web.AppKey("clock", Callable[[], float])
+#: The clock of grace periods, TTLs and the ticker: never steps (see clock.py).
+TIMER = web.AppKey("timer", ProcessClock)
 READY = web.AppKey("ready", asyncio.Event)
 #: Call state on Redis/Valkey (--state-backend); None: the correlator's memory only.
 SHARED = web.AppKey("shared", SharedState | None)
@@ -270,7 +274,7 @@ async def _notify(request: web.Request) -> web.Response:
     except PayloadError as error:
         return _refuse(request, 400, error.reason, error.message)
 
-    now = app[CLOCK]()
+    received, now = app[CLOCK](), app[TIMER]()
     correlator, shared = app[CORRELATOR], app[SHARED]
     accepted = duplicates = 0
     errors: list[dict[str, Any]] = []
@@ -285,7 +289,7 @@ async def _notify(request: web.Request) -> web.Response:
             metrics.reject(error.reason)
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
             continue
-        metrics.record_notification(notification, now, duplicate)
+        metrics.record_notification(notification, received, duplicate)
         metrics.record_facts(facts)
         accepted += 1
         duplicates += duplicate
@@ -468,6 +472,14 @@ async def tick_shared(app: web.Application, now: float) -> None:
         app[METRICS].record_facts(await shared.expire(now))
 
 
+async def run_tick(app: web.Application) -> None:
+    """One tick of the ticker: the decisions due now on the process clock, and a flush of --record."""
+    tick(app, app[TIMER]())
+    await tick_shared(app, app[TIMER]())
+    if RECORDER in app:
+        app[RECORDER].flush()
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Load the state, tick (and snapshot) while serving; at shutdown, after the last
     request finished, save the state."""
@@ -475,6 +487,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     interval = app[SETTINGS].state_interval
     if state is not None:
         app[METRICS].record_facts(state.load())
+        if state.set_aside is not None:
+            app[METRICS].state_set_aside.labels(reason=state.set_aside.value).inc()
 
     async def loop() -> None:
         running = asyncio.get_running_loop()
@@ -483,10 +497,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
-                tick(app, app[CLOCK]())
-                await tick_shared(app, app[CLOCK]())
-                if RECORDER in app:
-                    app[RECORDER].flush()
+                await run_tick(app)
             except Exception:  # a bug here must not stop expiry for good
                 log.exception("expiry tick failed")
             if state is not None and interval is not None and running.time() >= next_save:
@@ -559,8 +570,16 @@ def create_app(
     settings: Settings,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] | None = None,
 ) -> web.Application:
-    """The notification app; serves /metrics too unless a separate metrics listener is set."""
+    """The notification app; serves /metrics too unless a separate metrics listener is set.
+
+    `clock` is the wall clock, `monotonic` the steady one the decisions run on (via a
+    `ProcessClock`); by default time.monotonic, or `clock` itself when a fake clock is
+    given alone (a test clock that never steps unless told to).
+    """
+    if monotonic is None:
+        monotonic = time.monotonic if clock is time.time else clock
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard])
     logging.getLogger("aiohttp.server").addFilter(_CLIENT_FAULTS)  # once: the same filter object
     labels = load_labels(settings)  # a bad map stops the start, every error listed
@@ -574,11 +593,13 @@ def create_app(
         shared = SharedState(settings.state_backend.get_secret_value(), correlator)
         metrics.track_backend(shared.stats)
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
+    app[TIMER] = ProcessClock(clock, monotonic)
     app[SHARED] = shared
     app[READY] = asyncio.Event()
     app[GATE] = Gate(settings.max_concurrent_requests)
     if settings.state_path is not None:
-        app[STATE] = StateFile(settings.state_path, correlator)
+        app[STATE] = StateFile(settings.state_path, correlator, app[TIMER], settings.state_max_age)
+        metrics.track_state_file()
     if settings.record_path is not None:
         app[RECORDER] = Recorder(settings.record_path, settings.record_max_bytes, settings.record_keep)
     app.router.add_post("/notify", handle_notify)

@@ -12,6 +12,7 @@ from pydantic import Field, FilePath, IPvAnyNetwork, SecretStr, ValidationError,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .state import check_url
+from .statefile import MAX_AGE_SECONDS
 
 #: A repeatable flag (`--allow-cidr A --allow-cidr B`); in the environment a JSON list or
 #: comma-separated (`MTT_EXPORTER_ALLOW_CIDR=10.0.0.0/8,192.0.2.7`).
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(None, description="Writable directory for the state and record files (a relative --state-file or --record is taken from here).")
     state_file: Path | None = Field(None, description="Save calls in progress here on shutdown and load them on start.")
     state_interval: float | None = Field(None, gt=0, description="Also save the state every this many seconds (limits what a hard kill loses).")
+    state_max_age: float = Field(MAX_AGE_SECONDS, gt=0, description="Load a --state-file only if it was saved at most this many seconds ago; an older one is set aside (its open calls have likely ended unseen).")
     allow_cidr: Networks = Field([], description="Accept requests only from these networks (repeatable; 403 otherwise). Health checks stay open.")
     trusted_proxy: Networks = Field([], description="Reverse proxies whose X-Forwarded-For is believed (repeatable).")
     tls_cert: FilePath | None = Field(None, description="PEM certificate (chain) to serve the main listener over HTTPS.")

@@ -1,8 +1,17 @@
 """The state file: calls in progress saved atomically on shutdown (and periodically), loaded (and removed) on start.
 
-The data is `correlator.dump_state`; this module only does the file side. A file that
-cannot be used is logged and renamed aside (`<name>.corrupt-<UTC time>`), and the exporter
-starts empty: a bad file never stops a start.
+The data is `correlator.dump_state` plus `saved_at`, the wall-clock time of the snapshot;
+this module only does the file side. The calls' receipt times are kept on the wall clock in
+the file and on the process clock in memory (see clock.py): a save maps them to the wall
+clock of now (which may have stepped since start); a load takes them as they are, since
+the process clock is the wall clock as of start.
+
+A file that cannot be trusted is logged, counted (`mtt_state_file_set_aside_total`) and
+renamed aside (`<name>.<reason>-<UTC time>`), and the exporter starts empty: a bad file
+never stops a start. Untrusted: damaged, undated (an older version wrote it), saved longer
+ago than `max_age` (it misses the notifications since, which MTT does not send again:
+its open calls would be phantoms), or dated ahead of the wall clock. When the final save
+at shutdown fails, the older file is set aside at once, for the same reason.
 """
 
 from __future__ import annotations
@@ -11,16 +20,34 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 
-from .correlator import Correlator, Fact, dump_state, load_state
+from .clock import ProcessClock
+from .correlator import STATE_FORMAT, STATE_VERSION, Correlator, Fact, dump_state, load_state
 
 log = logging.getLogger("mtt_exporter")
+
+#: Default --state-max-age: a restart takes seconds; a snapshot older than a typical call
+#: (ACD is one to three minutes) holds mostly calls that have ended unseen meanwhile.
+MAX_AGE_SECONDS = 120.0
+#: A snapshot dated this far ahead of the wall clock is still taken (a clock slewed back).
+FUTURE_TOLERANCE_SECONDS = 5.0
+
+
+class SetAside(StrEnum):
+    """Why a state file was not loaded: the `reason` label of `mtt_state_file_set_aside_total`."""
+
+    CORRUPT = "corrupt"  # not JSON, not ours, another version, or damaged
+    UNDATED = "undated"  # no `saved_at`: written by a version that did not date its snapshots
+    STALE = "stale"  # saved longer ago than --state-max-age
+    FUTURE = "future"  # dated ahead of the wall clock: the clock went back since
 
 
 @contextlib.contextmanager
@@ -64,9 +91,14 @@ def write_atomically(path: Path, payload: bytes) -> None:
 class StateFile:
     """The state file of one correlator: load once, then save snapshots, newest wins."""
 
-    def __init__(self, path: Path, correlator: Correlator) -> None:
+    def __init__(self, path: Path, correlator: Correlator, clock: ProcessClock | None = None,
+                 max_age: float = MAX_AGE_SECONDS) -> None:
         self.path = path
         self.correlator = correlator
+        self.clock = clock if clock is not None else ProcessClock()
+        self.max_age = max_age
+        #: why the file was not loaded at start, if it was not
+        self.set_aside: SetAside | None = None
         self._lock = threading.Lock()
         self._taken = 0
         self._written = 0
@@ -87,9 +119,14 @@ class StateFile:
             return []
         try:
             with _gc_paused():
-                facts = load_state(json.loads(raw), self.correlator)
+                data = json.loads(raw)
+                refused = self._untrusted(data)
+                if refused is not None:
+                    self._set_aside(*refused)
+                    return []
+                facts = load_state(data, self.correlator)  # the process clock is the wall clock as of start
         except (ValueError, RecursionError) as error:  # JSON, UTF-8 and StateError are ValueErrors
-            self._set_aside(f"{type(error).__name__}: {error}"[:300])
+            self._set_aside(SetAside.CORRUPT, f"{type(error).__name__}: {error}"[:300])
             return []
         try:
             self.path.unlink()
@@ -97,12 +134,30 @@ class StateFile:
             log.warning("cannot remove the loaded state file", extra={"path": str(self.path), "error": str(error)})
         log.info(
             "state loaded",
-            extra={"path": str(self.path), "calls": len(self.correlator), "in_progress": self.correlator.in_progress()},
+            extra={"path": str(self.path), "calls": len(self.correlator), "in_progress": self.correlator.in_progress(),
+                   "age_seconds": round(self.clock() - data["saved_at"], 3)},
         )
         return facts
 
-    def _set_aside(self, reason: str) -> None:
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    def _untrusted(self, data: object) -> tuple[SetAside, str] | None:
+        """Why a snapshot must not be loaded, judged by its date; None: take it."""
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+            return None  # load_state says what is wrong
+        saved_at = data.get("saved_at")
+        if saved_at is None:
+            return SetAside.UNDATED, "the snapshot carries no saved_at time"
+        if isinstance(saved_at, bool) or not isinstance(saved_at, int | float) or not math.isfinite(saved_at):
+            return SetAside.CORRUPT, f"saved_at: expected a finite number, got {type(saved_at).__name__}"
+        age = self.clock() - saved_at
+        if age > self.max_age:
+            return SetAside.STALE, f"saved {age:.0f} s ago, more than --state-max-age {self.max_age:g} s"
+        if age < -FUTURE_TOLERANCE_SECONDS:
+            return SetAside.FUTURE, f"saved {-age:.0f} s in the future: the wall clock went back"
+        return None
+
+    def _set_aside(self, reason: SetAside, detail: str) -> None:
+        self.set_aside = reason
+        aside = self.path.with_name(f"{self.path.name}.{reason.value}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
         try:
             os.replace(self.path, aside)
         except OSError as error:
@@ -111,14 +166,16 @@ class StateFile:
             aside_text = str(aside)
         log.error(
             "state file unusable, set aside; starting empty",
-            extra={"path": str(self.path), "aside": aside_text, "error": reason},
+            extra={"path": str(self.path), "aside": aside_text, "reason": reason.value, "error": detail},
         )
 
     def snapshot(self) -> tuple[int, dict]:
         """Take the state now; call it in the event loop's thread (the correlator is not thread-safe)."""
         self._taken += 1
         with _gc_paused():
-            return self._taken, dump_state(self.correlator)
+            data = dump_state(self.correlator, shift=self.clock.step())
+        data["saved_at"] = self.clock.wall()
+        return self._taken, data
 
     def write(self, snapshot: tuple[int, dict]) -> bool:
         """Write a snapshot unless a newer one is already written; safe from any thread.
@@ -141,8 +198,37 @@ class StateFile:
         return True
 
     def save(self) -> None:
-        """Snapshot and write now, logging a failure rather than raising it (used at shutdown)."""
+        """Snapshot and write now, logging a failure rather than raising it (used at shutdown).
+
+        When the write fails, an older file (a periodic snapshot) is set aside: the next
+        start would take it for the state at shutdown and bring back calls ended since.
+        """
+        snapshot = self.snapshot()
         try:
-            self.write(self.snapshot())
+            self.write(snapshot)
         except OSError as error:
             log.error("cannot write the state file", extra={"path": str(self.path), "error": str(error)})
+            with self._lock:
+                self._written = max(self._written, snapshot[0])  # a periodic write still running is skipped
+                self._discard_older()
+
+    def _discard_older(self) -> None:
+        aside = self.path.with_name(f"{self.path.name}.{SetAside.STALE.value}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            return
+        except OSError:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                return
+            except OSError as error:
+                log.error("cannot remove the older state file: the next start may load it",
+                          extra={"path": str(self.path), "error": str(error)})
+                return
+            aside_text = "removed"
+        else:
+            aside_text = str(aside)
+        log.error("the older state file is set aside: the next start begins empty",
+                  extra={"path": str(self.path), "aside": aside_text})

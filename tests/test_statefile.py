@@ -22,9 +22,11 @@ from mtt_exporter.correlator import (
     load_state,
 )
 from mtt_exporter.model import PayloadError, Reason
-from mtt_exporter.server import CORRELATOR, METRICS
-from mtt_exporter.statefile import StateFile
+from mtt_exporter.clock import ProcessClock
+from mtt_exporter.server import CORRELATOR, METRICS, STATE
+from mtt_exporter.statefile import SetAside, StateFile
 
+from .conftest import Clock
 from .test_correlator import B1, B2, NOW, SEED, SEED_DURATIONS, calls, durations, legs, note, run
 
 
@@ -193,7 +195,8 @@ def _flipped(path):
         pytest.param(lambda p: p.write_bytes(b"\xff\xfe garbage"), id="binary"),
         pytest.param(lambda p: p.write_text("[" * 100_000), id="deeply nested"),
         pytest.param(_flipped, id="other version"),
-        pytest.param(lambda p: p.write_text('{"format":"mtt-exporter-state","version":1,"calls":[["C1",{"legs":[]}]]}'), id="damaged call"),
+        pytest.param(lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "calls": [["C1", {"legs": []}]]})), id="damaged call"),
+        pytest.param(lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "saved_at": "now"})), id="saved_at not a number"),
     ],
 )
 def test_unusable_file_is_set_aside_and_start_is_empty(tmp_path, caplog, damage):
@@ -250,3 +253,76 @@ async def test_data_dir_holds_a_relative_state_file(make_client, seed_call, tmp_
     await client.post("/notify", json=seed_call[2])
     await client.close()
     assert json.loads((tmp_path / "calls.json").read_text())["calls"][0][0] == "BC5F236C5AD211E981BA5CB901FED6FC"
+
+
+# --- the snapshot's date (a stale file is not taken for the current state) -------------------
+
+
+def dated(tmp_path, saved_at: float | None) -> StateFile:
+    """A state file of one open call, dated `saved_at` (None: undated, as older versions wrote)."""
+    state = saved(tmp_path)
+    data = json.loads(state.path.read_text())
+    data.pop("saved_at")
+    if saved_at is not None:
+        data["saved_at"] = saved_at
+    state.path.write_text(json.dumps(data))
+    return state
+
+
+@pytest.mark.parametrize(("age", "aside"), [
+    pytest.param(0.0, None, id="just saved"),
+    pytest.param(119.0, None, id="within --state-max-age"),
+    pytest.param(-3.0, None, id="a little ahead (clocks of two hosts)"),
+    pytest.param(121.0, SetAside.STALE, id="older than --state-max-age"),
+    pytest.param(-60.0, SetAside.FUTURE, id="ahead: the clock went back"),
+    pytest.param(None, SetAside.UNDATED, id="undated"),
+])
+def test_start_refuses_a_snapshot_older_than_it_can_trust(tmp_path, caplog, age, aside):
+    now = Clock(NOW + 500)
+    state = dated(tmp_path, None if age is None else now() - age)
+    fresh = Correlator()
+    loader = StateFile(state.path, fresh, ProcessClock(now, now), max_age=120)
+    facts = loader.load()
+    assert loader.set_aside is aside
+    if aside is None:
+        assert facts == [CallRestored()] and fresh.in_progress() == 1
+        return
+    assert facts == [] and len(fresh) == 0
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith(f"state.json.{aside.value}-")]
+    assert not state.path.exists() and kept.stat().st_size > 0
+    assert [r.reason for r in caplog.records if "set aside" in r.getMessage()] == [aside.value]
+
+
+def test_failed_final_save_sets_the_older_snapshot_aside(tmp_path, caplog, monkeypatch):
+    state = saved(tmp_path, SEED[:4])  # a periodic snapshot: the call answered, in progress
+    for offset, n in SEED[4:]:  # the call ends after it
+        state.correlator.apply(n, NOW + offset)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    state.save()  # the final save fails
+    assert not state.path.exists()
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == ["state.json.stale"]
+    assert "cannot write the state file" in caplog.text and "older state file is set aside" in caplog.text
+    fresh = Correlator()
+    assert StateFile(state.path, fresh).load() == [] and len(fresh) == 0  # no phantom call at the next start
+
+
+async def test_app_counts_a_stale_state_file_and_starts_empty(make_client, clock, tmp_path):
+    state = dated(tmp_path, clock() - 61)
+    client, app = await make_client(state_file=state.path, state_max_age=60)
+    assert value(app, "mtt_state_file_set_aside_total", reason="stale") == 1
+    assert value(app, "mtt_state_file_set_aside_total", reason="corrupt") == 0
+    assert len(app[CORRELATOR]) == 0 and value(app, "mtt_calls_in_progress") == 0
+
+
+async def test_app_whose_final_save_fails_brings_back_no_ended_call(make_client, seed_call, tmp_path, monkeypatch):
+    # the issue's case: a periodic snapshot, calls end after it, the final save fails (disk full)
+    client, app = await make_client(state_file=tmp_path / "state.json")
+    await client.post("/notify", json=seed_call[:4])
+    app[STATE].write(app[STATE].snapshot())
+    await client.post("/notify", json=seed_call[4:])
+    assert value(app, "mtt_calls_total", outcome="answered") == 1
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    await client.close()
+    monkeypatch.undo()
+    client, app = await make_client(state_file=tmp_path / "state.json")
+    assert value(app, "mtt_calls_in_progress") == 0 and len(app[CORRELATOR]) == 0

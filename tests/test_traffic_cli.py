@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 
 import aiohttp
@@ -94,3 +95,18 @@ async def test_replay_refuses_a_file_that_is_not_a_recording(tmp_path):
     path.write_text("not json\n")
     code, out = await run_tool("replay", str(path), "--url", "http://127.0.0.1:9/notify")
     assert code == 2 and "x.jsonl:1" in out
+
+
+async def test_replay_skips_a_torn_line_and_says_so(tmp_path, seed_call):
+    # what a full disk left in a recording of the old writer: half a line glued to the next
+    lines = [json.dumps({"time": NOW + i, "content_type": "application/json", "body": json.dumps(n)}) for i, n in enumerate(seed_call)]
+    path = tmp_path / "rec.jsonl"
+    path.write_text("\n".join([lines[0], lines[1][:40] + lines[2], *lines[3:]]) + "\n")
+    server = await live_exporter()
+    try:
+        code, out = await run_tool("replay", str(path), "--url", str(server.make_url("/notify")), "--as-fast-as-possible")
+        assert code == 0, out
+        assert "1 lines skipped, not a recorded body (first: " in out and "rec.jsonl:2" in out
+        assert f"{len(seed_call) - 2} requests" in out
+    finally:
+        await server.close()
