@@ -265,3 +265,22 @@ def test_start_with_a_bad_map_lists_every_error_and_sighup_reloads(tmp_path):
         assert 'mtt_label_map_reloads_total{result="success"} 1.0' in text
     finally:
         assert exporter.stop() == 0
+
+
+def test_state_file_of_version_1_loads(tmp_path):
+    """A dated snapshot written before lines existed (version 1) is read: its calls have no line yet."""
+    from mtt_exporter.statefile import StateFile
+
+    correlator, _ = run([(0, note("o", 0, DUTY))], until=0)
+    state = StateFile(tmp_path / "state.json", correlator)
+    state.save()
+    data = json.loads(state.path.read_text())
+    data["version"] = 1
+    for _, call in data["calls"]:
+        call.pop("line"), call.pop("start")
+    state.path.write_text(json.dumps(data))
+    fresh = Correlator(grace=15, labels=load(MAP))
+    assert len(StateFile(state.path, fresh).load()) == 1
+    assert fresh.calls["C1"].line == ""
+    facts = fresh.apply(note("h", 3, DUTY, side="B", cause=17, sip_id=SUPPORT), NOW + 3)[1] + fresh.expire(NOW + 30)
+    assert of(CallEnded, facts) == [CallEnded(CallOutcome.UNANSWERED, "support")]  # decided by the next sip_id

@@ -197,7 +197,7 @@ async def test_separate_metrics_listener(make_client, aiohttp_client, seed_call)
     assert (await client.get("/metrics")).status == 404
     internal = await aiohttp_client(create_metrics_app(app))
     await client.post("/notify", json=seed_call[2])
-    assert "mtt_call_attempts_total 1.0" in await (await internal.get("/metrics")).text()
+    assert "mtt_call_attempts_total{line=\"other\"} 1.0" in await (await internal.get("/metrics")).text()
     assert (await internal.post("/notify", json=seed_call[2])).status in (404, 405)
 
 
