@@ -133,6 +133,14 @@ class Metrics:
         self.label_map_reload_ok.set(1)
         for result in ("success", "failure"):
             self.label_map_reloads.labels(result=result)
+        #: receipt time of the last request that brought an accepted notification: a plain float
+        #: the handler assigns (no lock per request), read at scrape time
+        self.last_notification = 0.0
+        Gauge(
+            "mtt_last_notification_timestamp_seconds",
+            "Receipt time (Unix seconds) of the last accepted notification, duplicates included; 0 before the first.",
+            registry=r,
+        ).set_function(lambda: self.last_notification)
 
         # pre-resolved children: label lookups stay off the hot path
         self._notifications = {e: self.notifications.labels(event=e.value) for e in EventType}

@@ -295,6 +295,8 @@ async def _notify(request: web.Request) -> web.Response:
         duplicates += duplicate
         if log.isEnabledFor(logging.DEBUG):
             _log_accepted(notification, duplicate)
+    if accepted:
+        metrics.last_notification = now
     if errors:
         log.info("rejected notifications", extra={"peer": _peer(request), "accepted": accepted, "errors": errors})
         if not batch:

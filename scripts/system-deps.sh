@@ -1,13 +1,15 @@
 #!/bin/sh
-# Debian packages the test suite runs for real: promtool/prometheus, redis-server, wrk.
+# Debian packages the test suite runs for real: promtool/prometheus, redis-server, wrk, and npm
+# (for the dashboards' Grafana schema check; most machines have Node.js and npm already).
 # Installs them when missing and this is root on a Debian-like system; otherwise says what
 # is missing (tests that need them skip locally and fail in CI, where CI=true).
 set -eu
-PACKAGES="prometheus redis-server wrk"
+PACKAGES="prometheus redis-server wrk npm"
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: installing$missing" >&2

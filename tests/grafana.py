@@ -15,6 +15,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 RULE_FILES = [ROOT / "rules" / "recording.yml", ROOT / "rules" / "alerts.yml"]
+#: A non-default mixin config as a monitoring repository under kube-prometheus or Thanos would
+#: set it: two aggregation labels, a selector, other uids, tags and runbook.
+CLUSTER_CONFIG = {
+    "selector": 'namespace="telecom"',
+    "aggregation_labels": ["cluster", "job"],
+    "runbook_url": "https://wiki.example.net/noc/mtt-runbook",
+    "dashboards": {"uid_prefix": "noc-mtt-", "tags": ["noc", "mtt"], "timezone": "utc"},
+}
+#: The target labels the selector and the aggregation of CLUSTER_CONFIG need (job is the scrape job).
+CLUSTER_LABELS = {"cluster": "eu-1", "namespace": "telecom"}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: Series Prometheus itself makes: scrape health and the ALERTS of the annotations.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "ALERTS"}
@@ -33,8 +43,20 @@ def generator() -> ModuleType:
     return module
 
 
-def dashboards() -> dict[str, dict]:
-    return {path.name: json.loads(path.read_text()) for path in DASHBOARDS}
+def render_mixin(out: Path, config: dict | None = None) -> Path:
+    """Run the generator with `config` (merged over dashboards/config.yml) into directory `out`."""
+    path = out / "config.yml"
+    path.write_text(yaml.safe_dump(config or {}))
+    assert generator().main(["--config", str(path), "--out", str(out)]) == 0
+    return out
+
+
+def rule_files(root: Path = ROOT) -> list[Path]:
+    return [root / "rules" / "recording.yml", root / "rules" / "alerts.yml"]
+
+
+def dashboards(root: Path = ROOT) -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted((root / "dashboards").glob("*.json"))}
 
 
 def panels(dashboard: dict) -> Iterator[dict]:
@@ -52,8 +74,8 @@ def queries(dashboard: dict) -> Iterator[tuple[str, str]]:
         for target in panel["targets"]:
             yield f"{panel['title']} / {target['refId']}", target["expr"]
     for annotation in dashboard["annotations"]["list"]:
-        if "expr" in annotation:
-            yield f"annotation {annotation['name']}", annotation["expr"]
+        if "expr" in annotation.get("target", {}):
+            yield f"annotation {annotation['name']}", annotation["target"]["expr"]
 
 
 def variable_queries(dashboard: dict) -> Iterator[tuple[str, str, str]]:
@@ -65,16 +87,16 @@ def variable_queries(dashboard: dict) -> Iterator[tuple[str, str, str]]:
             yield variable["name"], match[1], match[2]
 
 
-def rule_exprs() -> Iterator[tuple[str, str]]:
+def rule_exprs(root: Path = ROOT) -> Iterator[tuple[str, str]]:
     """(rule name, PromQL) of every recording and alerting rule."""
-    for path in RULE_FILES:
+    for path in rule_files(root):
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 yield rule.get("record") or rule["alert"], rule["expr"]
 
 
-def recorded_names() -> set[str]:
-    return {name for name, _ in rule_exprs() if ":" in name}
+def recorded_names(root: Path = ROOT) -> set[str]:
+    return {name for name, _ in rule_exprs(root) if ":" in name}
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:

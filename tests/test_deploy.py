@@ -55,7 +55,9 @@ def test_prometheus_config_as_mounted_passes_promtool(promtool, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # the rule files were found through the mount and checked too
-    assert "SUCCESS: 34 rules found" in output and "SUCCESS: 9 rules found" in output, output
+    for rules in ("recording.yml", "alerts.yml"):
+        count = sum(len(g["rules"]) for g in yaml.safe_load((ROOT / "rules" / rules).read_text())["groups"])
+        assert f"SUCCESS: {count} rules found" in output, output
 
 
 def test_grafana_provisions_the_datasource_and_the_dashboards(tmp_path):

@@ -30,15 +30,18 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from mtt_exporter.metrics import Metrics
 from mtt_exporter.model import normalise_conf_id
 from mtt_exporter.simulate import SimConfig, generate
+from mtt_exporter.state import BackendStats
 
 from . import crafted_calls
 from .conftest import need_binary
-from .grafana import (PROMETHEUS_SERIES, RULE_FILES, dashboards, metric_names, queries, recorded_names, rule_exprs,
-                      substitute, variable_queries)
+from .grafana import (CLUSTER_CONFIG, CLUSTER_LABELS, PROMETHEUS_SERIES, ROOT, dashboards, metric_names, render_mixin,
+                      queries, recorded_names, rule_exprs, rule_files, substitute, variable_queries)
 
 TOKEN = "integration-token"
 JOB = "mtt"
@@ -49,6 +52,9 @@ SIMULATED_CALLS = 200
 LEG_OUTCOMES = ("answered", "busy", "no_answer", "rejected", "subscriber_absent", "not_selected", "address_error",
                 "abandoned", "network_failure", "expired")
 CALL_OUTCOMES = ("answered", "unanswered", "abandoned", "expired")
+#: The families of --state-backend (HA), which this single exporter does not run: the queries reading
+#: them must run, but may be empty (tests/test_replicas.py and test_state.py check the values).
+BACKEND = "mtt_state_backend_"
 RATE_INTERVAL = "10s"  # Grafana: max($__interval + scrape interval, 4 x scrape interval), at 1 s scrapes
 
 
@@ -82,8 +88,10 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
 class Stack:
     """The exporter and Prometheus processes, and helpers to talk to them."""
 
-    def __init__(self, exporter: str, prometheus: str) -> None:
+    def __init__(self, exporter: str, prometheus: str, root: Path, level: str) -> None:
         self.exporter, self.prometheus = exporter, prometheus
+        #: where the rules and dashboards under test are, and the level of their recorded names
+        self.root, self.level = root, level
         self.started = time.time()
         self.truth: dict[str, Counter] = {}
         self.call_ids: set[str] = set()
@@ -122,24 +130,32 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["default", "cluster-job"])
+def stack(request, tmp_path_factory) -> Iterator[Stack]:
+    """The committed rules and dashboards; then those of a config aggregating by cluster and job, on a
+    target labelled as kube-prometheus or Thanos would label it."""
     prometheus_bin = need_binary("prometheus")
     tmp = tmp_path_factory.mktemp("stack")
+    if request.param == "default":
+        root, level, labels = ROOT, "job", {}
+    else:
+        root = render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG)
+        level, labels = "cluster_job", CLUSTER_LABELS
     exporter_port, prometheus_port = free_port(), free_port()
     exporter = _start([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{exporter_port}",
                        "--token", TOKEN, "--call-end-grace", "1", "--call-ttl", str(TTL),
                        "--max-calls", str(MAX_CALLS)], tmp / "mtt_exporter.log")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(f) for f in RULE_FILES],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
+        "rule_files": [str(f) for f in rule_files(root)],
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"],
+                                                                  "labels": labels}]}],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     prometheus = _start([prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}",
                          f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
                          "--enable-feature=exemplar-storage", "--log.level=warn"], tmp / "prometheus.log")
-    s = Stack(f"http://127.0.0.1:{exporter_port}", f"http://127.0.0.1:{prometheus_port}")
+    s = Stack(f"http://127.0.0.1:{exporter_port}", f"http://127.0.0.1:{prometheus_port}", root, level)
     try:
         wait_for("the exporter", lambda: http(f"{s.exporter}/-/ready")[0] == 200)
         wait_for("prometheus", lambda: http(f"{s.prometheus}/-/ready")[0] == 200)
@@ -187,7 +203,7 @@ def feed(s: Stack) -> None:
         s.value(f'sum by (reason) (mtt_calls_evicted_total{{job="{JOB}"}})') == {"capacity": capped,
                                                                               "ttl": OPEN_CALLS - capped}
         and s.value(f'sum(mtt_calls_in_progress{{job="{JOB}"}})') == {"": 0}
-        and s.value(f'job:mtt_calls_answered:ratio_rate5m{{job="{JOB}"}}') != {}))
+        and s.value(f'{s.level}:mtt_calls_answered:ratio_rate5m{{job="{JOB}"}}') != {}))
 
 
 def test_exporter_counted_the_traffic(stack):
@@ -208,7 +224,7 @@ def test_exporter_counted_the_traffic(stack):
 def grafana_variables(stack: Stack) -> dict[str, str]:
     """What Grafana puts in the queries with every job and instance selected (a regex of the values)."""
     values = {}
-    for board in dashboards().values():
+    for board in dashboards(stack.root).values():
         for name, selector, label in variable_queries(board):
             found = stack.api(f"label/{label}/values", **{"match[]": substitute(selector, values)})
             assert found, f"variable {name} would be empty"
@@ -220,7 +236,7 @@ def test_every_panel_query_runs_and_shows_data(stack):
     variables = grafana_variables(stack)
     start, end = stack.started, time.time()
     empty = []
-    for name, board in dashboards().items():
+    for name, board in dashboards(stack.root).items():
         panels: dict[str, bool] = {}
         for where, expr in queries(board):
             promql = substitute(expr, variables)
@@ -230,7 +246,9 @@ def test_every_panel_query_runs_and_shows_data(stack):
             if where.startswith("annotation"):
                 continue  # ALERTS: empty unless an alert fires
             values = (float(v) for series in result for _, v in series["values"])
-            panels[panel] = panels.get(panel, False) or any(math.isfinite(v) and v != 0 for v in values)
+            backend = any(n.startswith(BACKEND) for n in metric_names(expr))
+            panels[panel] = panels.get(panel, False) or backend or any(
+                math.isfinite(v) and v != 0 for v in values)
         empty += [f"{name}: {panel}" for panel, data in panels.items() if not data]
     assert not empty, f"panels without data: {empty}"
 
@@ -238,12 +256,18 @@ def test_every_panel_query_runs_and_shows_data(stack):
 def test_every_metric_named_exists(stack):
     exposed = {sample.name for family in text_string_to_metric_families(stack.exposition())
                for sample in family.samples}
-    known = exposed | recorded_names() | PROMETHEUS_SERIES
-    named = {(where, n) for board in dashboards().values() for where, expr in queries(board)
-             for n in metric_names(expr)}
-    named |= {(f"variable {v}", n) for board in dashboards().values() for v, selector, _ in variable_queries(board)
+    registries = with_backend, without = CollectorRegistry(), CollectorRegistry()
+    Metrics(with_backend).track_backend(BackendStats())
+    Metrics(without)
+    with_backend_names, without_names = ({s.name for f in r.collect() for s in f.samples} for r in registries)
+    backend = with_backend_names - without_names
+    assert backend and all(name.startswith(BACKEND) for name in backend)
+    known = exposed | backend | recorded_names(stack.root) | PROMETHEUS_SERIES
+    boards = dashboards(stack.root).values()
+    named = {(where, n) for board in boards for where, expr in queries(board) for n in metric_names(expr)}
+    named |= {(f"variable {v}", n) for board in boards for v, selector, _ in variable_queries(board)
               for n in metric_names(selector)}
-    named |= {(rule, n) for rule, expr in rule_exprs() for n in metric_names(expr)}
+    named |= {(rule, n) for rule, expr in rule_exprs(stack.root) for n in metric_names(expr)}
     unknown = sorted((where, n) for where, n in named if n not in known)
     assert not unknown, f"not in the exposition nor recorded: {unknown}"
 
@@ -251,12 +275,14 @@ def test_every_metric_named_exists(stack):
 def test_rules_loaded_healthy_and_recorded(stack):
     groups = stack.api("rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert {g["file"] for g in groups} == {str(f) for f in RULE_FILES}
-    assert len(rules) == sum(1 for _ in rule_exprs())
+    assert {g["file"] for g in groups} == {str(f) for f in rule_files(stack.root)}
+    assert len(rules) == sum(1 for _ in rule_exprs(stack.root))
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not unhealthy
-    missing = [name for name in sorted(recorded_names()) if not stack.value(f'{name}{{job="{JOB}"}}')]
+    kept = "".join(f', {k}="{v}"' for k, v in CLUSTER_LABELS.items() if k in stack.level)
+    missing = [name for name in sorted(recorded_names(stack.root)) if not stack.value(f'{name}{{job="{JOB}"{kept}}}')]
     assert not missing, f"recording rules without a result: {missing}"
+    assert all(re.match(rf"{stack.level}(_\w+)?:", name) for name in recorded_names(stack.root))
 
 
 @pytest.mark.parametrize("histogram", ["mtt_premedia_duration_seconds", "mtt_ring_duration_seconds",

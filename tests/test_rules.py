@@ -16,12 +16,14 @@ import subprocess
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import pytest
 import yaml
 
 from mtt_exporter.cause import cause_class, cause_name
 
-from .grafana import ROOT, RULE_FILES
+from .grafana import CLUSTER_CONFIG, CLUSTER_LABELS, ROOT, render_mixin, rule_files
 
 RUNBOOK = ROOT / "docs" / "runbook.md"
 INSTANCE = "exporter:9888"
@@ -50,6 +52,8 @@ class Mix:
     evicted_capacity: int = 0
     #: notifications arrive ~a minute late instead of within a second
     slow: bool = False
+    #: notifications correlated in local memory instead of the shared state backend
+    fallbacks: int = 0
 
     def with_legs(self, **changes: int) -> Mix:
         """A copy with legs changed, e.g. answered_16=2, no_answer_19=14."""
@@ -87,13 +91,45 @@ def counters(mix: Mix) -> dict[str, float]:
         out[f'mtt_notification_delay_seconds_bucket{{le="{le}"}}'] += 0 if mix.slow and le == "1" else accepted
     out[f'mtt_notifications_rejected_total{{reason="{REJECTED_REASON}"}}'] += mix.rejected.get(REJECTED_REASON, 0)
     out['mtt_calls_evicted_total{reason="capacity"}'] += mix.evicted_capacity
+    if mix.fallbacks:
+        out["mtt_state_backend_fallbacks_total"] += mix.fallbacks
     return out
 
 
-def labelled(series: str, job: str) -> str:
+@dataclass(frozen=True)
+class Mixin:
+    """Rules generated for one config, and the target labels its selector and aggregation need."""
+
+    root: Path
+    #: labels of every scraped series beside job and instance
+    target: dict[str, str] = field(default_factory=dict)
+    #: labels an aggregated alert keeps beside job
+    kept: dict[str, str] = field(default_factory=dict)
+    #: target labels outside the config's selector (None: the config selects everything)
+    outside: dict[str, str] | None = None
+
+    @property
+    def rule_files(self) -> list[Path]:
+        return rule_files(self.root)
+
+
+DEFAULT = Mixin(ROOT)
+
+
+@pytest.fixture(scope="module", params=["default", "cluster-job"])
+def mixin(request, tmp_path_factory) -> Mixin:
+    """The committed rules, and the rules of a config aggregating by cluster and job under a selector."""
+    if request.param == "default":
+        return DEFAULT
+    return Mixin(render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG), CLUSTER_LABELS,
+                 {"cluster": CLUSTER_LABELS["cluster"]}, {**CLUSTER_LABELS, "namespace": "elsewhere"})
+
+
+def labelled(series: str, job: str, target: dict[str, str] | None = None) -> str:
     name, _, rest = series.partition("{")
     extra = ", " + rest.rstrip("}") if rest else ""
-    return f'{name}{{job="{job}", instance="{INSTANCE}"{extra}}}'
+    more = "".join(f', {k}="{v}"' for k, v in (target or {}).items())
+    return f'{name}{{job="{job}", instance="{INSTANCE}"{more}{extra}}}'
 
 
 # --- expectations ------------------------------------------------------------------------
@@ -121,21 +157,38 @@ class Scenario:
     traffic: Callable[[int], Mix]
     firing: dict[int, list[Firing]]
     up: Callable[[int], bool] = lambda minute: True
+    #: whether the target is in service discovery at all (when not, even `up` is absent)
+    present: Callable[[int], bool] = lambda minute: True
+    #: with --state-backend: whether the backend answers (None: no backend, no such series)
+    backend_up: Callable[[int], bool] | None = None
+    #: an exporter the config's selector leaves out, when it has one: nothing of it may fire then
+    outside: bool = False
 
-    def input_series(self) -> list[dict]:
+    def input_series(self, target: dict[str, str] | None = None) -> list[dict]:
         minutes = range(at(self.days, 0) + 1)
-        increments = [counters(self.traffic(minute)) for minute in minutes]
+        mixes = [self.traffic(minute) for minute in minutes]
+        increments = [counters(mix) for mix in mixes]
         names = sorted(set(counters(NORMAL)).union(*increments))
         totals = dict.fromkeys(names, 0.0)
         values: dict[str, list[float | None]] = {name: [] for name in names}
-        health = [self.up(minute) for minute in minutes]
+        present = [self.present(minute) for minute in minutes]
+        health = [self.up(minute) and p for minute, p in zip(minutes, present)]
         for up, increment in zip(health, increments):
             for name in names:
                 totals[name] += increment.get(name, 0)
                 values[name].append(totals[name] if up else None)
-        series = [{"series": labelled(name, self.name), "values": encode(values[name])} for name in names]
-        series.append({"series": labelled("up", self.name), "values": encode([float(u) for u in health])})
-        series.append({"series": labelled('mtt_exporter_build_info{version="0.1.0"}', self.name),
+        # the receipt time of the last notification: the last minute with traffic, 0 before any
+        last, stamps = 0.0, []
+        for minute, mix, up in zip(minutes, mixes, health):
+            last = minute * 60.0 if mix.legs else last
+            stamps.append(last if up else None)
+        values["mtt_last_notification_timestamp_seconds"] = stamps
+        if self.backend_up is not None:
+            values["mtt_state_backend_up"] = [float(self.backend_up(m)) if u else None for m, u in zip(minutes, health)]
+        series = [{"series": labelled(name, self.name, target), "values": encode(v)} for name, v in values.items()]
+        series.append({"series": labelled("up", self.name, target),
+                       "values": encode([float(u) if p else None for u, p in zip(health, present)])})
+        series.append({"series": labelled('mtt_exporter_build_info{version="0.1.0"}', self.name, target),
                        "values": encode([1.0 if u else None for u in health])})
         return series
 
@@ -186,7 +239,7 @@ CAUSE_34 = Firing("MttHangupCauseSpike", "30.3%", hangup_labels(34))  # 10 of 33
 RESOURCES = Firing("MttHangupCauseClassSpike", "33.33%", (("cause_class", "resource_unavailable"),))  # 34 and 41
 
 #: Every day scenario is checked at all of these times: the night, before, during and after the incidents.
-DAY_CHECKS = (at(D1, 3), at(D1, 5, 55), at(D1, 9, 55), at(D1, 10, 30), at(D1, 11, 30), at(D1, 14))
+DAY_CHECKS = (at(D1, 3), at(D1, 5, 55), at(D1, 9, 55), at(D1, 10, 30), at(D1, 11, 30), at(D1, 14), at(D1, 21))
 DAY_SCENARIOS = [
     Scenario("idle", 2, lambda m: QUIET, {}),
     Scenario(
@@ -230,6 +283,40 @@ DAY_SCENARIOS = [
         {t: [Firing("MttExporterDown", labels=(("instance", INSTANCE),))] for t in (at(D1, 10, 30), at(D1, 11, 30))},
         up=lambda m: not INCIDENT <= m < INCIDENT_END,
     ),
+    # the same, in another namespace: a config whose selector leaves it out must not page for it
+    Scenario(
+        "down-elsewhere", 2, business_days(),
+        {t: [Firing("MttExporterDown", labels=(("instance", INSTANCE),))] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        up=lambda m: not INCIDENT <= m < INCIDENT_END, outside=True,
+    ),
+    # gone from service discovery: no `up` at all, so MttExporterDown cannot see it
+    Scenario("vanished", 2, business_days(),
+             {t: [Firing("MttExporterAbsent")] for t in (at(D1, 10, 30), at(D1, 11, 30))},
+             present=lambda m: not INCIDENT <= m < INCIDENT_END),
+    Scenario(
+        # a new installation: its first notifications ever at 09:00-09:30 on the second day, then none;
+        # no week (not even a day) of history, which MttNotificationsStopped needs
+        "first-day-silent", 2, lambda m: NORMAL if at(D1, 9) <= m < at(D1, 9, 30) else QUIET,
+        {t: [Firing("MttNotificationsSilent", value, ())]
+         for t, value in ((at(D1, 10, 30), "1h 1m 0s"), (at(D1, 11, 30), "2h 1m 0s"), (at(D1, 14), "4h 31m 0s"))},
+    ),
+    Scenario(
+        # the backend is down 10:00-12:00: every notification (58 a minute) is correlated locally
+        "backend-down", 2, business_days(replace(NORMAL, fallbacks=58), INCIDENT, INCIDENT_END),
+        {t: [Firing("MttStateBackendDown", labels=(("instance", INSTANCE),)),
+             Firing("MttStateBackendFallback", "100%", (("instance", INSTANCE),))]
+         for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        backend_up=lambda m: not INCIDENT <= m < INCIDENT_END,
+    ),
+    Scenario(
+        # the backend answers, but 10 of 58 notifications a minute are correlated locally (calls kept
+        # local since a blip); 2 of 58 the rest of the day stay below the threshold
+        "backend-fallback", 2,
+        daytime(lambda m: replace(NORMAL, fallbacks=10 if INCIDENT <= m < INCIDENT_END else 2)),
+        {t: [Firing("MttStateBackendFallback", "17.24%", (("instance", INSTANCE),))]
+         for t in (at(D1, 10, 30), at(D1, 11, 30))},
+        backend_up=lambda m: True,
+    ),
 ]
 
 D7 = 7  # the week-long scenarios compare day 7 with day 0
@@ -240,8 +327,11 @@ WEEK_SCENARIOS = [
     Scenario(
         # the feed dies at 10:00 on day 7; a week ago 58 notifications a minute arrived until 20:00
         "feed-stopped", 8, business_days(QUIET, at(D7, 10), at(D7, 24)),
-        {t: [Firing("MttNotificationsStopped", "58")]
-         for t in (at(D7, 10, 30), at(D7, 11, 45), at(D7, 14), at(D7, 16, 30))},
+        # MttNotificationsSilent follows once the silence exceeds 30 minutes (and 5 more), until 20:00
+        {at(D7, 10, 30): [Firing("MttNotificationsStopped", "58")],
+         **{t: [Firing("MttNotificationsStopped", "58"), Firing("MttNotificationsSilent", silence)]
+            for t, silence in ((at(D7, 11, 45), "1h 46m 0s"), (at(D7, 14), "4h 1m 0s"),
+                               (at(D7, 16, 30), "6h 31m 0s"))}},
     ),
     Scenario(
         # ASR dips 10:00-12:00 on day 0 and day 7 (a weekly pattern: no alert), and 15:00-17:00 on day 7
@@ -256,8 +346,12 @@ WEEK_SCENARIOS = [
 # --- promtool test files -----------------------------------------------------------------
 
 
-def load_alerts() -> dict[str, dict]:
-    groups = yaml.safe_load(RULE_FILES[1].read_text())["groups"]
+#: Alerts on one target rather than an aggregation: they keep every label of its `up` series.
+TARGET_ALERTS = {"MttExporterDown"}
+
+
+def load_alerts(mixin: Mixin = DEFAULT) -> dict[str, dict]:
+    groups = yaml.safe_load(mixin.rule_files[1].read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"]}
 
 
@@ -267,9 +361,10 @@ def fill(template: str, labels: dict[str, str], value: str) -> str:
     return re.sub(r"\{\{ \$value(?: \| \w+)? \}\}", value, text)
 
 
-def promtool_file(name: str, scenarios: list[Scenario], checks: tuple[int, ...], evaluation_interval: str) -> dict:
+def promtool_file(mixin: Mixin, name: str, scenarios: list[Scenario], checks: tuple[int, ...],
+                  evaluation_interval: str) -> dict:
     """One promtool test: each scenario a job; at every check time, exactly the alerts expected."""
-    alerts = load_alerts()
+    alerts = load_alerts(mixin)
     for s in scenarios:
         assert set(s.firing) <= set(checks), s.name
         assert {f.alert for fs in s.firing.values() for f in fs} <= alerts.keys(), s.name
@@ -278,37 +373,40 @@ def promtool_file(name: str, scenarios: list[Scenario], checks: tuple[int, ...],
         for alert, rule in alerts.items():
             expected = []
             for s in scenarios:
-                for f in (f for f in s.firing.get(minute, []) if f.alert == alert):
-                    labels = {"job": s.name, **dict(f.labels)}
+                firing = [] if s.outside and mixin.outside is not None else s.firing.get(minute, [])
+                for f in (f for f in firing if f.alert == alert):
+                    kept = mixin.target if alert in TARGET_ALERTS else mixin.kept
+                    labels = {"job": s.name, **kept, **dict(f.labels)}
                     expected.append({
                         "exp_labels": {**labels, **rule["labels"]},
                         "exp_annotations": {k: fill(v, labels, f.value) for k, v in rule["annotations"].items()},
                     })
             tests.append({"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": expected})
-    series = [item for s in scenarios for item in s.input_series()]
+    series = [item for s in scenarios for item in s.input_series(
+        mixin.outside if s.outside and mixin.outside is not None else mixin.target)]
     # recording groups first: otherwise, when an alert group happens to run first, it sees the
     # recorded series of the previous step, beyond the 5-minute lookback at a 15-minute step
-    groups = [g["name"] for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
-    return {"rule_files": [str(f) for f in RULE_FILES], "evaluation_interval": evaluation_interval,
+    groups = [g["name"] for f in mixin.rule_files for g in yaml.safe_load(f.read_text())["groups"]]
+    return {"rule_files": [str(f) for f in mixin.rule_files], "evaluation_interval": evaluation_interval,
             "group_eval_order": groups,
             "tests": [{"name": name, "interval": "1m", "input_series": series, "alert_rule_test": tests}]}
 
 
-def test_promtool_check_rules(promtool):
-    result = subprocess.run([promtool, "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True,
+def test_promtool_check_rules(promtool, mixin):
+    result = subprocess.run([promtool, "check", "rules", *map(str, mixin.rule_files)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
-def test_promtool_unit_tests(promtool, tmp_path):
+def test_promtool_unit_tests(promtool, tmp_path, mixin):
     # the 2-day scenarios evaluate every 5 minutes, the week-long ones every 15 (promtool's cost is
     # per evaluation); both files run at once
     files = {"day": (DAY_SCENARIOS, DAY_CHECKS, "5m"), "week": (WEEK_SCENARIOS, WEEK_CHECKS, "15m")}
     runs = {}
     for name, (scenarios, checks, interval) in files.items():
         path = tmp_path / f"{name}.yml"
-        path.write_text(yaml.safe_dump(promtool_file(name, scenarios, checks, interval), sort_keys=False,
+        path.write_text(yaml.safe_dump(promtool_file(mixin, name, scenarios, checks, interval), sort_keys=False,
                                        width=1 << 16))
         runs[name] = subprocess.Popen([promtool, "test", "rules", str(path)], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True)
@@ -342,5 +440,5 @@ def test_alerts_are_documented():
         assert annotations["summary"] and annotations["description"], name
         assert annotations["runbook_url"].endswith(f"docs/runbook.md#{name.lower()}"), name
         assert name in headings, f"docs/runbook.md has no section for {name}"
-        if name != "MttExporterDown":  # its value is up == 0; the instance says it all
+        if name not in ("MttExporterDown", "MttExporterAbsent", "MttStateBackendDown"):  # value 0 or 1: no news
             assert "$value" in annotations["description"], name

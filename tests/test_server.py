@@ -74,6 +74,25 @@ async def test_batch_with_bad_items_records_the_good_ones(make_client, seed_call
     assert rejected(app, "unknown_event") == rejected(app, "malformed") == 1
 
 
+@pytest.mark.parametrize(("bodies", "stamped"), [
+    pytest.param([None], True, id="accepted"),
+    pytest.param([None, None], True, id="duplicate still proves the feed"),
+    pytest.param([[None, 42]], True, id="batch with a bad item"),
+    pytest.param([b"{not json"], False, id="refused"),
+    pytest.param([[42]], False, id="batch of bad items"),
+])
+async def test_last_notification_timestamp(make_client, seed_call, clock, bodies, stamped):
+    client, app = await make_client()
+    assert value(app, "mtt_last_notification_timestamp_seconds") == 0
+    for body in bodies:
+        if isinstance(body, bytes):
+            await client.post("/notify", data=body, headers={"Content-Type": "application/json"})
+        else:
+            await client.post("/notify", json=[seed_call[0] if b is None else b for b in body]
+                              if isinstance(body, list) else seed_call[0])
+    assert value(app, "mtt_last_notification_timestamp_seconds") == (clock.now if stamped else 0)
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "reason"),
     [
