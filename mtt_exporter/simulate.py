@@ -738,8 +738,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
     parser.add_argument("--truth", type=Path, metavar="FILE", help="write the expected samples as JSON")
     parser.add_argument("--label-map", type=Path, metavar="FILE",
-                        help="write the label map of the simulated lines and destinations here, and expect the "
-                             "exporter to use it (--mapped): start it with --label-map FILE, or reload it")
+                        help="write the label map of the simulated lines and destinations here, ask the exporter to "
+                             "reload its --label-map (POST /-/reload), and expect it to use this one (--mapped)")
     parser.add_argument("--check", action="store_true",
                         help="scrape /metrics before and after, exit 1 unless the change equals the truth")
     parser.add_argument("--wait", type=float, default=16.0,
@@ -785,10 +785,29 @@ def summary_table(truth: Truth) -> Table:
     return table
 
 
+async def _reload(notify_url: str, headers: dict[str, str], console: Console) -> None:
+    """Ask the exporter to read its --label-map again (it may be the file just written)."""
+    import aiohttp
+    from urllib.parse import urljoin
+
+    url = urljoin(notify_url, "/-/reload")
+    try:
+        async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as response:
+            text = await response.text()
+    except (aiohttp.ClientError, OSError) as error:
+        console.print(f"label map: {url} not reached ({error}); reload the exporter yourself", markup=False)
+        return
+    if response.status != 200:
+        console.print(f"label map: {url} answered {response.status} {text[:300]}; reload the exporter yourself",
+                      markup=False)
+
+
 async def _run(config: SimConfig, args: argparse.Namespace, console: Console) -> int:
     from .replay import auth_headers, metrics_url_for, post_all, progress_bar, scrape
 
     metrics_url = args.metrics_url or metrics_url_for(args.url)
+    if args.label_map is not None:
+        await _reload(args.url, auth_headers(args.token), console)
     baseline = None
     if args.check:
         try:
