@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps lint clean golden dashboards bench
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
 
-test: $(VENV)/.test-installed system-deps $(SCHEMA_CHECK)/node_modules/.installed
+test: $(VENV)/.test-installed system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate the golden exposition after an intended change of the metrics.
@@ -17,27 +17,47 @@ golden: $(VENV)/.test-installed
 	$(PY) -m pytest tests/test_golden.py --update-golden
 
 # Regenerate dashboards/*.json, rules/*.yml and the runbook's threshold table from CONFIG (a YAML
-# file merged over dashboards/config.yml), into OUT (default: this repository).
+# file merged over dashboards/config.yml), into OUT (default: this repository); then the
+# Kubernetes objects that embed them (deploy/kubernetes/base).
 CONFIG ?= dashboards/config.yml
 OUT ?=
 dashboards: $(VENV)/.test-installed
 	$(PY) dashboards/generate.py --config $(CONFIG) $(if $(OUT),--out $(OUT))
+	$(PY) deploy/kubernetes/generate.py $(if $(OUT),--root $(OUT) --out $(OUT)/deploy/kubernetes/base)
 
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps
 	$(PY) bench/run.py $(ARGS)
 
-# Grafana's schema and tsc for the dashboards' type check (tests/test_dashboards.py), from the lock file;
-# without npm the check skips (and fails in CI).
-SCHEMA_CHECK := dashboards/schema-check
-$(SCHEMA_CHECK)/node_modules/.installed: $(SCHEMA_CHECK)/package.json $(SCHEMA_CHECK)/package-lock.json
-	@if command -v npm >/dev/null 2>&1; then \
-		npm ci --prefix $(SCHEMA_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
-	else echo "npm missing: the dashboards' Grafana schema check will skip" >&2; fi
+# deploy/requirements.lock: every package of the image, pinned with hashes (the Dockerfile
+# installs only it). Rerun after changing dependencies; ARGS=--upgrade moves every pin.
+lock: $(VENV)/.test-installed
+	$(PY) -m pip install -q pip-tools
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra redis \
+	    --build-deps-for wheel --no-emit-index-url --no-emit-find-links \
+	    --output-file deploy/requirements.lock $(ARGS) pyproject.toml
+
+# The container image, labelled with the version, the commit and its time (not the build's:
+# two builds of one commit get the same labels).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mtt_exporter/__init__.py)
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION="$$(git rev-parse HEAD)" \
+	    --build-arg CREATED="$$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ)" \
+	    -t mtt-call-exporter:$(VERSION) .
 
 # promtool (Debian's prometheus) and friends; installs only where apt-get and root allow.
 system-deps:
 	@sh scripts/system-deps.sh
+
+# npm packages of the Kubernetes and Grafana schema checks, exactly as locked; skipped
+# without npm (the tests needing them then skip locally and fail in CI).
+NODE_DIRS := tests/kubernetes dashboards/schema-check
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then for d in $(NODE_DIRS); do \
+	    [ $$d/node_modules/.package-lock.json -nt $$d/package-lock.json ] || \
+	    npm ci --prefix $$d --no-audit --no-fund --loglevel=error || \
+	    echo "node-deps: npm ci failed in $$d; tests needing it will skip (fail in CI)" >&2; done; \
+	else echo "node-deps: npm missing (apt-get install nodejs npm); tests needing it will skip" >&2; fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,4 +72,4 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache $(SCHEMA_CHECK)/node_modules
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache $(NODE_DIRS:%=%/node_modules)

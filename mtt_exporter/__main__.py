@@ -1,4 +1,5 @@
-"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools."""
+"""`mtt-exporter` / `python -m mtt_exporter`: start the exporter; `simulate` and `replay` are the traffic tools,
+`healthcheck` asks a running exporter (a container's HEALTHCHECK), `--version` prints the version."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from . import __version__, log as logsetup
 from .labelmap import LabelMapError
-from .server import create_app, create_metrics_app, drain, reload_labels, runner_options, ssl_context
+from .server import Runner, create_app, create_metrics_app, drain, reload_labels, runner_options, ssl_context
 from .settings import Settings, load, split_host_port
 from .state import masked_url
 
@@ -27,9 +28,9 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings)
     tls = ssl_context(settings)
     options = runner_options(settings)
-    runners = [web.AppRunner(app, **options)]
+    runners = [Runner(app, **options)]
     if settings.metrics_listen is not None:
-        runners.append(web.AppRunner(create_metrics_app(app), **options))
+        runners.append(Runner(create_metrics_app(app), **options))
     addresses = [settings.listen] + ([settings.metrics_listen] if settings.metrics_listen else [])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,9 +82,12 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("simulate", "replay"):
+    if args and args[0] in ("simulate", "replay", "healthcheck"):
         tool = importlib.import_module(f".{args[0]}", __package__)
         return tool.main(args[1:])
+    if "--version" in args:
+        print(f"mtt-exporter {__version__}")
+        return None
     settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
     try:

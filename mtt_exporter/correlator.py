@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
+from collections.abc import Iterator
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ from .model import EventType, Notification, PayloadError, Reason, Side
 #: (legs, premedia, dedup keys) and the linear dedup scan against a sender that
 #: repeats one call id with ever new times or numbers.
 MAX_NOTIFICATIONS_PER_CALL = 1000
+#: Longest duration accepted even with a shorter --call-ttl: tests and replays run the event
+#: clock faster than the receipt clock the TTL counts on, and real calls last up to an hour or so.
+MIN_SPAN = 7200.0
 #: Version of the data of `dump_state`; `load_state` reads it and the versions in
 #: READABLE_STATE_VERSIONS (1: before lines and waits; its calls load with neither).
 STATE_VERSION = 2
@@ -286,11 +291,31 @@ def _end_leg(leg: Leg, conf_id: str, facts: list[Fact], labels: LabelMap) -> Non
         facts.append(Duration(Phase.RING, _span(leg.o, leg.h), RingOutcome.UNANSWERED, conf_id, destination))
 
 
-def apply(call: Call, n: Notification, now: float, grace: float, labels: LabelMap = NO_LABELS) -> tuple[bool, list[Fact]]:
+def _partner_times(call: Call, n: Notification) -> tuple[float | None, ...]:
+    """The times `n` would form a duration with: its premedia pair, or its leg (found as
+    `_leg_for` finds it, without creating one)."""
+    if n.event is EventType.PREMEDIA_START or n.event is EventType.PREMEDIA_END:
+        number = n.number_a if n.side is Side.A else n.redirect_number
+        return tuple((call.premedia or {}).get((n.side.value, number), ()))
+    legs = call.legs
+    if not n.redirect_number and n.event is not EventType.ORIGINATE:
+        open_legs = [leg for leg in legs if leg.h is None]
+        if len(open_legs) == 1:
+            legs = open_legs
+    for leg in legs:
+        if leg.number == n.redirect_number or len(legs) == 1 and not n.redirect_number:
+            return leg.o, leg.s, leg.t, leg.h
+    return ()
+
+
+def apply(call: Call, n: Notification, now: float, grace: float, span: float = math.inf,
+          labels: LabelMap = NO_LABELS) -> tuple[bool, list[Fact]]:
     """Apply one notification to its call; returns (duplicate, facts). `labels` names the
     line (decided here, once) and the destinations.
 
-    Raises PayloadError (too_many_items) when the call already took its maximum.
+    Raises PayloadError, leaving the call as it was: too_many_items when the call already
+    took its maximum; implausible_time when the event is more than `span` from another
+    event of its leg or prompt: a duration longer than any call is kept.
     """
     key = dedup_key(n)
     if key in call.seen:
@@ -298,6 +323,9 @@ def apply(call: Call, n: Notification, now: float, grace: float, labels: LabelMa
         return True, []
     if len(call.seen) >= MAX_NOTIFICATIONS_PER_CALL:  # refused: keeps nothing alive either
         raise PayloadError(Reason.TOO_MANY_ITEMS, f"call has more than {MAX_NOTIFICATIONS_PER_CALL} notifications")
+    if span != math.inf and any(t is not None and abs(n.time - t) > span for t in _partner_times(call, n)):
+        raise PayloadError(Reason.IMPLAUSIBLE_TIME, f"event time more than {span:g} s (the call TTL) from the "
+                           "leg's or prompt's other events: a duration longer than any call kept")
     call.last_seen = now
     call.seen.append(key)
     facts: list[Fact] = []
@@ -429,14 +457,18 @@ class Correlator:
         """Apply one notification received at `now`; returns (duplicate, facts)."""
         call = self.calls.get(n.conf_id)
         facts: list[Fact] = []
+        new = call is None
         if call is None:
-            self._evict_above(self.max_calls - 1, facts)
-            call = self.calls[n.conf_id] = Call(now)
+            call = Call(now)
             facts.append(CallStarted())
+        deadline = call.deadline
+        # refused or failed: a new call is not kept, so no CallStarted is lost and the gauge holds
+        duplicate, more = apply(call, n, now, self.grace, max(self.ttl, MIN_SPAN), self.labels)
+        if new:
+            self.calls[n.conf_id] = call
+            self._evict_above(self.max_calls, facts)
         else:
             self.calls.move_to_end(n.conf_id)
-        deadline = call.deadline
-        duplicate, more = apply(call, n, now, self.grace, self.labels)
         if call.deadline is not None and call.deadline != deadline:
             heapq.heappush(self._deadlines, (call.deadline, n.conf_id))
         facts.extend(more)

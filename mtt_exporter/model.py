@@ -20,6 +20,14 @@ MILLISECONDS_ABOVE = 10**12
 MAX_ID_LENGTH = 64
 #: Longest extension used (for the label map's sip_id/extension keys); longer ones are ignored.
 MAX_EXTENSION_LENGTH = 16
+#: Longest string any field may have as sent (spaces included), checked before it is looked at.
+MAX_FIELD_LENGTH = 256
+#: Earliest plausible event time, 2000-01-01T00:00:00Z: MTT's notifications are younger.
+EARLIEST_EVENT_TIME = 946_684_800.0
+#: Latest plausible event time without a receipt time, 2100-01-01T00:00:00Z.
+LATEST_EVENT_TIME = 4_102_444_800.0
+#: How far past its receipt an event may be dated: clock skew and zone mistakes are hours, not days.
+MAX_FUTURE_SECONDS = 86_400.0
 
 
 class EventType(StrEnum):
@@ -68,6 +76,16 @@ class Reason(StrEnum):
     FORBIDDEN = "forbidden"
     OVERLOADED = "overloaded"
     TIMEOUT = "timeout"
+    #: An event time before 2000, a day or more past its receipt, or a duration past the call TTL.
+    IMPLAUSIBLE_TIME = "implausible_time"
+    #: MTT's JSON-RPC routing request (getControlCallFollowMe) posted to the notification URL.
+    ROUTING_REQUEST = "routing_request"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    #: More open connections than --max-connections: closed at once with a 429.
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    #: A bug of the exporter met while applying a notification; nothing of it was kept.
+    INTERNAL = "internal"
 
 
 class Conflict(StrEnum):
@@ -149,6 +167,8 @@ class RawNotification(BaseModel):
         # keys inside `event` may carry stray whitespace too
         if isinstance(value, dict):
             return strip_keys(value)
+        if isinstance(value, str):  # documented as an object, seen as the bare type code
+            return {"type": value}
         return value
 
 
@@ -188,6 +208,8 @@ def _plain_fields(cleaned: dict[Any, Any]) -> _Fields | None:
     if data is not None and type(data) is not str:
         return None
     event = get("event")
+    if type(event) is str:  # documented as an object, seen as the bare type code
+        event = {"type": event}
     if event is not None:
         if type(event) is not dict:
             return None
@@ -226,6 +248,54 @@ def moscow_to_unix(stamp: str) -> float:
 def _moscow_hour(y: int, mo: int, d: int, h: int) -> float:
     # the offset is constant within an hour: one zoneinfo look-up per hour, not per second
     return datetime(y, mo, d, h, tzinfo=MOSCOW).timestamp()
+
+
+def _json_type(value: object) -> str:
+    """How a JSON value is called in messages to the sender."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def bounded_text(value: object, name: str, limit: int = MAX_FIELD_LENGTH) -> str:
+    """A sender's string or number as text that is at most `limit` characters long and
+    printable (whitespace apart), so it is safe to keep, log, hash and expose; else PayloadError.
+
+    Every string taken from a body goes through here before anything is done with it: a lone
+    surrogate (JSON "\ud800") or a control character never reaches state, an exemplar, a
+    dedup key or a log line, and no field is larger than `limit` in memory.
+    """
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)  # an int may come where a string is documented
+    else:
+        raise PayloadError(Reason.INVALID, f"{name}: expected a string or a number, got {_json_type(value)}")
+    if len(text) > limit:
+        raise PayloadError(Reason.INVALID, f"{name}: longer than {limit} characters")
+    if not text.isprintable() and not "".join(text.split()).isprintable():
+        raise PayloadError(
+            Reason.INVALID, f"{name}: contains a control, unassigned or invalid (lone surrogate) character")
+    return text
+
+
+def _kept(text: str, name: str) -> str:
+    """A normalised id or number that is kept: at most MAX_ID_LENGTH printable characters."""
+    if len(text) > MAX_ID_LENGTH:
+        raise PayloadError(Reason.INVALID, f"{name}: longer than {MAX_ID_LENGTH} characters")
+    if not text.isprintable():  # normalisation removed whitespace; anything else was checked
+        raise PayloadError(Reason.INVALID, f"{name}: contains a non-printable character")
+    return text
 
 
 def normalise_conf_id(value: object) -> str:
@@ -267,15 +337,35 @@ def _present(value: object) -> bool:
 
 
 def _event_time(date_time: object) -> float | None:
+    """date_time as Unix seconds: a number or numeric string of seconds (milliseconds above
+    MILLISECONDS_ABOVE), or ISO 8601 (Moscow time when it names no offset); None if none of these."""
     if date_time is None or isinstance(date_time, bool):
         return None
+    text = bounded_text(date_time, "date_time").strip()
     try:
-        seconds = float(str(date_time).strip())
+        seconds = float(text)
     except ValueError:
-        return None
-    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+        try:
+            stamp = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        try:
+            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=MOSCOW)).timestamp()
+        except (OverflowError, ValueError):  # year 1 with a positive offset
+            return -1.0
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
         return None
     return seconds / 1000 if seconds > MILLISECONDS_ABOVE else seconds
+
+
+def check_time(time: float, now: float | None, name: str = "event time") -> None:
+    """Refuse (implausible_time) an event time before 2000, or over a day past its receipt `now`."""
+    latest = LATEST_EVENT_TIME if now is None else min(LATEST_EVENT_TIME, now + MAX_FUTURE_SECONDS)
+    if not EARLIEST_EVENT_TIME <= time <= latest:
+        when = "before 2000-01-01" if time < EARLIEST_EVENT_TIME else (
+            "after 2100-01-01" if now is None or time > LATEST_EVENT_TIME
+            else f"more than {MAX_FUTURE_SECONDS:g} s after its receipt")
+        raise PayloadError(Reason.IMPLAUSIBLE_TIME, f"{name}: {when}; refused so it cannot distort delays and durations")
 
 
 def _parse_side(value: object) -> Side:
@@ -285,20 +375,50 @@ def _parse_side(value: object) -> Side:
     return Side(text) if text in ("A", "B") else Side.UNKNOWN
 
 
+#: What each field should have been, for messages to the sender.
+_EXPECTED = {
+    "data": "a string 'event=<type>_<number>_<YYYY-MM-DD-HH-MM-SS>[&cause=<n>]'",
+    "event": "an object like {\"type\": \"h\", \"side\": \"B\", \"cause\": 16}",
+    "date_time": "Unix seconds or milliseconds (a number or numeric string), or ISO 8601",
+}
+
+
 def _validation_message(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
-    )
+    """One sentence per wrong field, in the sender's terms (not pydantic's)."""
+    seen: dict[str, str] = {}
+    for e in error.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "is-instance"))]
+        # a union reports each member; the field name is the first element of the location
+        name = ".".join(loc[:2]) if loc and loc[0] == "event" and len(loc) > 1 and loc[1] in ("type", "side", "cause") else (loc[0] if loc else "body")
+        if name not in seen:
+            expected = _EXPECTED.get(name, "a string" if name in ("event.type", "event.side") else "a string or a number")
+            seen[name] = f"{name}: expected {expected}, got {_json_type(e.get('input'))}"
+    return "; ".join(seen.values())
 
 
-def parse(item: object) -> Notification:
-    """Validate one decoded JSON value; raise PayloadError with a reason when unusable."""
+#: The methods of MTT's routing API (JSON-RPC), sometimes pointed at the notification URL.
+_ROUTING_METHODS = frozenset({"getcontrolcallfollowme"})
+
+
+def routing_request(item: dict[Any, Any]) -> bool:
+    """Whether a JSON object is a JSON-RPC request (MTT's getControlCallFollowMe), not a notification."""
+    method = item.get("method")
+    return "jsonrpc" in item or (isinstance(method, str) and method.strip().lower() in _ROUTING_METHODS)
+
+
+def parse(item: object, now: float | None = None) -> Notification:
+    """Validate one decoded JSON value received at `now`; raise PayloadError with a reason when unusable.
+
+    Every string kept in the Notification went through `bounded_text`: bounded and printable.
+    """
     if not isinstance(item, dict):
-        raise PayloadError(Reason.MALFORMED, f"expected a JSON object, got {type(item).__name__}")
+        raise PayloadError(Reason.MALFORMED, f"expected a JSON object (one notification), got {_json_type(item)}")
     # keys may carry stray whitespace: "client_id "
     cleaned = strip_keys(item)
     raw: _Fields | RawNotification | None = _plain_fields(cleaned)
     if raw is None:
+        if routing_request(cleaned):
+            raise PayloadError(Reason.ROUTING_REQUEST, ROUTING_MESSAGE)
         try:
             raw = RawNotification.model_validate(cleaned)
         except ValidationError as error:
@@ -308,7 +428,7 @@ def parse(item: object) -> Notification:
     data_code = data_number = data_cause = None
     data_time: float | None = None
     if _present(raw.data):
-        match = _DATA.match(raw.data)  # type: ignore[arg-type]
+        match = _DATA.match(bounded_text(raw.data, "data"))
         if match is None:
             raise PayloadError(
                 Reason.INVALID,
@@ -320,30 +440,34 @@ def parse(item: object) -> Notification:
             data_time = moscow_to_unix(match["ts"])
         except ValueError:
             raise PayloadError(Reason.INVALID, f"data: no such date {match['ts']!r}") from None
+        except OverflowError:
+            data_time = -1.0  # year 1: refused as implausible below
         for param in match["rest"].split("&"):
             key, _, value = param.partition("=")
             if key.strip() == "cause":
                 data_cause = value
 
-    event_code = raw.event.type.strip().lower() if raw.event and _present(raw.event.type) else None
+    event_type = bounded_text(raw.event.type, "event.type") if raw.event and raw.event.type is not None else None
+    event_code = event_type.strip().lower() if event_type and event_type.strip() else None
     code = event_code or data_code
     if code is None:
-        raise PayloadError(Reason.INVALID, "no event type: neither event.type nor data")
+        if routing_request(cleaned):
+            raise PayloadError(Reason.ROUTING_REQUEST, ROUTING_MESSAGE)
+        raise PayloadError(Reason.INVALID, "no event type: expected event.type (or data 'event=<type>_...'), one of o, s, h, sp, ep, t")
     event = EVENT_BY_CODE.get(code)
     if event is None:
-        raise PayloadError(Reason.UNKNOWN_EVENT, f"unknown event type {code[:16]!r}")
+        raise PayloadError(Reason.UNKNOWN_EVENT, f"unknown event type {ascii(code[:16])}: expected one of o, s, h, sp, ep, t")
     if event_code and data_code and event_code != data_code:
         conflicts.append(Conflict.TYPE)
 
     if not _present(raw.h323_conf_id):
-        raise PayloadError(Reason.INVALID, "h323_conf_id: missing")
-    conf_id = normalise_conf_id(raw.h323_conf_id)
-    if len(conf_id) > MAX_ID_LENGTH:
-        raise PayloadError(Reason.INVALID, f"h323_conf_id: longer than {MAX_ID_LENGTH} characters")
+        raise PayloadError(Reason.INVALID, "h323_conf_id: missing; expected the call id MTT sends with every notification")
+    conf_id = _kept(normalise_conf_id(bounded_text(raw.h323_conf_id, "h323_conf_id")), "h323_conf_id")
 
     time = data_time if data_time is not None else _event_time(raw.date_time)
     if time is None:
-        raise PayloadError(Reason.INVALID, "no event time: neither data nor a valid date_time")
+        raise PayloadError(Reason.INVALID, f"no event time: expected data with a time, or date_time as {_EXPECTED['date_time']}")
+    check_time(time, now)
 
     # cause: event.cause wins, then top-level cause, then data's &cause=
     given = [
@@ -353,13 +477,13 @@ def parse(item: object) -> Notification:
     if len(given) > 1 and len({parse_cause(c) for c in given}) > 1:
         conflicts.append(Conflict.CAUSE)
 
-    side = _parse_side(raw.event.side if raw.event else None)
-    number_a = normalise_number(raw.numberA) if _present(raw.numberA) else ""
-    redirect = normalise_number(raw.redirect_number) if _present(raw.redirect_number) else ""
+    side = _parse_side(bounded_text(raw.event.side, "event.side") if raw.event and raw.event.side is not None else None)
+    number_a = _number(raw.numberA, "numberA")
+    redirect = _number(raw.redirect_number, "redirect_number")
     # data carries numberA for side-A premedia and the redirect number otherwise
     premedia_a = side is Side.A and event in (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
     if data_number:
-        data_number = normalise_number(data_number)
+        data_number = _number(data_number, "data's number")
         if premedia_a:
             if number_a and data_number != number_a:
                 conflicts.append(Conflict.NUMBER)
@@ -369,10 +493,7 @@ def parse(item: object) -> Notification:
         else:
             redirect = redirect or data_number
 
-    if len(redirect) > MAX_ID_LENGTH:
-        raise PayloadError(Reason.INVALID, f"redirect_number: longer than {MAX_ID_LENGTH} characters")
-
-    extension = str(raw.extension).strip() if _present(raw.extension) else ""
+    extension = _extension(raw.extension)
     return Notification(
         conf_id=conf_id,
         event=event,
@@ -381,10 +502,35 @@ def parse(item: object) -> Notification:
         redirect_number=redirect,
         cause=cause,
         number_a=number_a,
-        sip_id=normalise_number(raw.sip_id) if _present(raw.sip_id) else "",
+        sip_id=_number(raw.sip_id, "sip_id"),
         conflicts=tuple(conflicts),
-        extension=extension if len(extension) <= MAX_EXTENSION_LENGTH else "",
+        extension=extension,
     )
+
+
+ROUTING_MESSAGE = (
+    "this is MTT's routing request (JSON-RPC getControlCallFollowMe), not a call notification: "
+    "point the routing URL at your routing service and only event_URL here"
+)
+
+
+def _number(value: object, name: str) -> str:
+    """A phone number field, normalised, bounded and printable; "" when absent."""
+    if not _present(value):
+        return ""
+    return _kept(normalise_number(bounded_text(value, name)), name)
+
+
+def _extension(value: object) -> str:
+    """The extension of sip_id, stripped, for the label map's sip_id/extension keys; "" when absent
+    or unusable (too long, not printable): it only refines a label, so it never refuses a notification."""
+    if not _present(value):
+        return ""
+    try:
+        text = bounded_text(value, "extension").strip()
+    except PayloadError:
+        return ""
+    return text if len(text) <= MAX_EXTENSION_LENGTH and text.isprintable() else ""
 
 
 def mask_number(number: str) -> str:

@@ -10,6 +10,7 @@ import ctypes
 import hmac
 import json
 import logging
+import resource
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -20,14 +21,17 @@ from urllib.parse import parse_qsl
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError, _ErrInfo
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__, labelmap
 from .clock import ProcessClock
 from .correlator import Correlator
+from .log import RateLimitedLog, RefusalLog, mask_secrets
 from .metrics import Metrics
-from .model import Notification, PayloadError, Reason, mask_number, parse
+from .model import ROUTING_MESSAGE, Notification, PayloadError, Reason, mask_number, parse, routing_request
 from .record import Recorder
 from .settings import Settings
 from .state import SharedState
@@ -47,6 +51,9 @@ READY = web.AppKey("ready", asyncio.Event)
 SHARED = web.AppKey("shared", SharedState | None)
 STATE = web.AppKey("state", StateFile)
 RECORDER = web.AppKey("recorder", Recorder)
+REFUSALS = web.AppKey("refusals", RefusalLog)
+#: Tracebacks of the exporter's own bugs, one line per interval at most.
+_BUGS = RateLimitedLog(log)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -57,6 +64,10 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 #: Seconds a client refused for overload is asked to wait.
 RETRY_AFTER = 1
+#: File descriptors kept free of connections, for the state and record files, Redis, logs.
+FD_RESERVE = 128
+#: Most connections by default, whatever the fd limit: bodies in flight cost memory.
+DEFAULT_MAX_CONNECTIONS = 4096
 
 
 def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Response:
@@ -82,11 +93,17 @@ def _authorized(request: web.Request, token: bytes) -> bool:
 
 
 class Gate:
-    """Notification requests in flight, at most `limit`; `idle` is set while there are none."""
+    """Notification requests being processed (body in), at most `limit`; all requests in
+    flight, bodies still arriving included, in `open`, and `idle` set while there are none.
+
+    Only a request whose body is in takes a slot: a sender trickling its body (slowloris)
+    holds a connection for at most --read-timeout but never the capacity fast senders need.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.busy = 0
+        self.open = 0
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -94,15 +111,25 @@ class Gate:
         return self.busy >= self.limit
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.busy += 1
+    def entered(self) -> Iterator[None]:
+        """A request in flight, its body perhaps still arriving: for `drain`, takes no slot."""
+        self.open += 1
         self.idle.clear()
         try:
             yield
         finally:
-            self.busy -= 1
-            if not self.busy:
+            self.open -= 1
+            if not self.open:
                 self.idle.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A slot, while the notifications of a received body are applied."""
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
 
 
 GATE = web.AppKey("gate", Gate)
@@ -197,28 +224,36 @@ def _form(text: str) -> dict[str, Any]:
     return body
 
 
+_EXPECTED_BODY = "expected a JSON notification (object) or batch (array), or a urlencoded form"
+
+
 def decode(body: bytes, content_type: str) -> Any:
     """Body -> JSON value, whatever the Content-Type says; urlencoded forms too."""
+    if content_type.startswith("multipart/"):
+        raise PayloadError(Reason.MALFORMED, f"body is {content_type}, which is not read: {_EXPECTED_BODY}")
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise PayloadError(Reason.MALFORMED, "body is not UTF-8") from None
-    if content_type != _FORM_TYPE or text.lstrip()[:1] in ("{", "["):
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError):  # ValueError: also ints beyond the digit limit
-            pass
+    if not text.strip():
+        raise PayloadError(Reason.MALFORMED, f"empty body: {_EXPECTED_BODY}")
+    try:
+        return json.loads(text)  # first whatever the Content-Type: curl -d sends JSON as a form
+    except (ValueError, RecursionError):  # ValueError: also ints beyond the digit limit
+        pass
+    if text.lstrip()[:1] in ("{", "[", '"'):
+        raise PayloadError(Reason.MALFORMED, "body is not valid JSON (it starts like JSON)")
     try:
         return _form(text)
     except (ValueError, RecursionError):
-        raise PayloadError(Reason.MALFORMED, "body is neither JSON nor a urlencoded form") from None
+        raise PayloadError(Reason.MALFORMED, f"body is neither JSON nor a urlencoded form: {_EXPECTED_BODY}") from None
 
 
 def _refuse(request: web.Request, status: int, reason: Reason, message: str, close: bool = False) -> web.Response:
     """Count a refused request, log the reason and the client (never the body), answer 4xx;
     `close`: the rest of the body is not worth reading, close the connection."""
     request.app[METRICS].reject(reason)
-    log.info("rejected request", extra={"reason": reason.value, "peer": _peer(request), "error": message})
+    request.app[REFUSALS].add(time.monotonic(), reason.value, _peer(request), message)
     response = _error(status, reason, message)
     if close or _unread_encoded_body(request):
         response.force_close()
@@ -226,36 +261,51 @@ def _refuse(request: web.Request, status: int, reason: Reason, message: str, clo
 
 
 async def handle_notify(request: web.Request) -> web.Response:
-    """POST /notify[/{token}]: one notification (object) or a batch (array)."""
+    """POST /notify[/{token}][/]: one notification (object) or a batch (array)."""
     app = request.app
     settings = app[SETTINGS]
     if settings.token is not None and not _authorized(request, settings.token.get_secret_value().encode()):
         return _refuse(request, 401, Reason.UNAUTHORIZED, "missing or wrong token")
     gate = app[GATE]
-    if gate.full():  # 429, not 503: a 5xx would page for the sender's behaviour
-        response = _refuse(request, 429, Reason.OVERLOADED, f"more than {gate.limit} requests at once")
-        response.headers["Retry-After"] = str(RETRY_AFTER)
-        return response
-    with gate.held():
-        return await _notify(request)
+    with gate.entered():
+        body = await _read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if gate.full():  # 429, not 503: a 5xx would page for the sender's behaviour
+            response = _refuse(request, 429, Reason.OVERLOADED, f"more than {gate.limit} requests at once")
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            return response
+        with gate.held():
+            try:
+                return await _notify(request, body)
+            except Exception:  # a bug of ours: counted and answered, never an unhandled 500
+                _BUGS.error(time.monotonic(), "failed on a request", exc_info=True)
+                return _refuse(request, 400, Reason.INTERNAL, _INTERNAL_MESSAGE, close=True)
 
 
-async def _notify(request: web.Request) -> web.Response:
-    app = request.app
-    settings, metrics = app[SETTINGS], app[METRICS]
+_INTERNAL_MESSAGE = "the exporter failed on this notification (its bug, logged); nothing of it was kept"
+
+
+async def _read_body(request: web.Request) -> bytes | web.Response:
+    settings = request.app[SETTINGS]
     limit = settings.max_body_bytes
     too_large = f"body larger than {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, 413, Reason.TOO_LARGE, too_large)  # aiohttp reads the rest away, briefly
     try:
         async with asyncio.timeout(settings.read_timeout):
-            body = await request.read()
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:  # chunked or decompressed past the limit: read no further
         return _refuse(request, 413, Reason.TOO_LARGE, too_large, close=True)
     except (web.RequestPayloadError, ConnectionResetError):  # bad gzip or chunks; client gone
         return _refuse(request, 400, Reason.MALFORMED, "body cannot be read (broken encoding or connection)", close=True)
     except TimeoutError:
         return _refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s", close=True)
+
+
+async def _notify(request: web.Request, body: bytes) -> web.Response:
+    app = request.app
+    settings, metrics = app[SETTINGS], app[METRICS]
     if RECORDER in app:
         app[RECORDER].write(app[CLOCK](), body, request.content_type)
 
@@ -263,14 +313,18 @@ async def _notify(request: web.Request) -> web.Response:
         value = decode(body, request.content_type)
         if isinstance(value, list):
             if not value:
-                raise PayloadError(Reason.INVALID, "empty batch")
+                raise PayloadError(Reason.INVALID, "empty batch: expected at least one notification in the array")
             if len(value) > settings.max_batch_items:
                 return _refuse(request, 413, Reason.TOO_MANY_ITEMS, f"batch longer than {settings.max_batch_items} items")
             items, batch = value, True
         elif isinstance(value, dict):
+            if routing_request(value):
+                raise PayloadError(Reason.ROUTING_REQUEST, ROUTING_MESSAGE)
             items, batch = [value], False
         else:
-            raise PayloadError(Reason.MALFORMED, f"expected a JSON object or array, got {type(value).__name__}")
+            kind = "a string" if isinstance(value, str) else "null" if value is None else (
+                "true/false" if isinstance(value, bool) else "a number")
+            raise PayloadError(Reason.MALFORMED, f"body is JSON {kind}, not a notification: expected a JSON object or array")
     except PayloadError as error:
         return _refuse(request, 400, error.reason, error.message)
 
@@ -280,14 +334,17 @@ async def _notify(request: web.Request) -> web.Response:
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            notification = parse(item)
+            notification = parse(item, received)  # event times are wall-clock Unix seconds
             if shared is None:
                 duplicate, facts = correlator.apply(notification, now)
             else:
                 duplicate, facts = await shared.apply(notification, now)
         except PayloadError as error:
-            metrics.reject(error.reason)
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
+            continue
+        except Exception:  # a bug of ours: the correlator kept nothing of it (see Correlator.apply)
+            _BUGS.error(time.monotonic(), "failed on a notification", exc_info=True)
+            errors.append({"index": index, "reason": Reason.INTERNAL.value, "error": _INTERNAL_MESSAGE})
             continue
         metrics.record_notification(notification, received, duplicate)
         metrics.record_facts(facts)
@@ -295,10 +352,10 @@ async def _notify(request: web.Request) -> web.Response:
         duplicates += duplicate
         if log.isEnabledFor(logging.DEBUG):
             _log_accepted(notification, duplicate)
-    if accepted:
-        metrics.last_notification = now
+    if accepted:  # wall clock: alerts compare it with Prometheus' time()
+        metrics.last_notification = received
     if errors:
-        log.info("rejected notifications", extra={"peer": _peer(request), "accepted": accepted, "errors": errors})
+        _count_errors(request, errors)
         if not batch:
             return _error(400, Reason(errors[0]["reason"]), errors[0]["error"])
         return web.json_response(
@@ -308,6 +365,35 @@ async def _notify(request: web.Request) -> web.Response:
     if body is not None:
         return web.Response(body=body, content_type="application/json", charset="utf-8")
     return web.json_response({"status": "ok", "accepted": accepted, "duplicates": duplicates})
+
+
+def _count_errors(request: web.Request, errors: list[dict[str, Any]]) -> None:
+    """Count refused notifications by reason; one note per reason to the refusal log, not one per item."""
+    by_reason: dict[str, list[dict[str, Any]]] = {}
+    for error in errors:
+        by_reason.setdefault(error["reason"], []).append(error)
+    metrics, refusals, now, peer = request.app[METRICS], request.app[REFUSALS], time.monotonic(), _peer(request)
+    for reason, items in by_reason.items():
+        metrics.reject(Reason(reason), len(items))
+        refusals.add(now, reason, peer, f"item {items[0]['index']}: {items[0]['error']}", len(items))
+
+
+async def handle_not_found(request: web.Request) -> web.Response:
+    """Any other path: the JSON error body, counted (the likeliest misconfiguration of event_URL)."""
+    return _refuse(request, 404, Reason.NOT_FOUND, "no such path: notifications go to POST /notify or /notify/<token>")
+
+
+def _wrong_method(allowed: list[str]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Handler of another method on a known path: 405 with Allow, as JSON, counted."""
+    allow = ", ".join(allowed)
+
+    async def handle_wrong_method(request: web.Request) -> web.Response:
+        method = ascii(request.method)[1:-1][:16]
+        response = _refuse(request, 405, Reason.METHOD_NOT_ALLOWED, f"method {method} not allowed here: use {allow}")
+        response.headers["Allow"] = allow
+        return response
+
+    return handle_wrong_method
 
 
 #: The answers to a single notification, encoded once.
@@ -418,9 +504,7 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.DEBUG):
             return
-        path = request.path
-        if path.startswith("/notify/"):
-            path = "/notify/<token>"
+        path = mask_secrets(request.raw_path, _CLIENT_FAULTS.secrets)
         self.logger.debug(
             "request",
             extra={"method": request.method, "path": path, "status": response.status,
@@ -434,19 +518,191 @@ class _ClientFaults(logging.Filter):
     drains the rest after our answer). Anyone could flood the log with those: one line at
     debug instead. Our own bugs still log at ERROR."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: tokens of the apps created in this process, masked wherever they appear
+        self.secrets: set[str] = set()
+
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         client_fault = isinstance(error, web.RequestPayloadError | ConnectionResetError) or (
             isinstance(error, HttpProcessingError) and 400 <= (error.code or 0) < 500)
         if not client_fault:
             return True
-        detail = " ".join(str(error).split())[:120]
+        # aiohttp's texts quote the request line (and with it a token): masked, then cut
+        detail = mask_secrets(" ".join(str(error).split()), self.secrets)[:120]
+        detail = detail.encode("utf-8", "backslashreplace").decode()
         record.msg, record.args = f"client fault: {type(error).__name__}: {detail}", None
         record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 _CLIENT_FAULTS = _ClientFaults()
+
+
+#: Sent to a connection beyond --max-connections, before it is closed.
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+) % ((len(body := json.dumps({"status": "error", "reason": Reason.TOO_MANY_CONNECTIONS.value,
+                                  "error": "too many open connections; try again"}).encode())), body)
+
+
+#: Bytes at the start of a connection kept to recover requests pipelined before garbage.
+SALVAGE_BYTES = 16 * 1024
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection protocol with --max-connections, JSON protocol-error answers, and
+    the requests pipelined ahead of unparsable bytes still served."""
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._parser_options = {k: kwargs[k] for k in ("max_line_size", "max_field_size", "max_headers") if k in kwargs}
+        #: the bytes received so far, while fewer than SALVAGE_BYTES; None after
+        self._seen: bytearray | None = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        """aiohttp's parser drops every request of a segment when one in it is unparsable:
+        parse the connection's bytes again piece by piece and queue the requests before it."""
+        seen = self._seen
+        if seen is not None:
+            if len(seen) + len(data) > SALVAGE_BYTES:
+                seen = self._seen = None
+            else:
+                seen += data
+        before = self._request_count
+        super().data_received(data)
+        if seen is None or self._request_count != before + 1 or not self._messages:
+            return
+        if not isinstance(self._messages[-1][0], _ErrInfo):
+            return
+        self._seen = None  # the connection ends with this error: no second salvage
+        salvaged = self._parse_again(bytes(seen), before)
+        if salvaged:
+            error = self._messages.pop()
+            self._messages.extend(salvaged)
+            self._messages.append(error)
+            self._request_count += len(salvaged)
+
+    def _parse_again(self, data: bytes, skip: int) -> list[Any]:
+        """The complete requests in `data` after the first `skip`, up to the unparsable one."""
+        try:
+            parser = HttpRequestParser(self, self._loop, self._read_bufsize, payload_exception=RequestPayloadError,
+                                       max_msg_queue_size=MAX_MSG_QUEUE_SIZE, **self._parser_options)
+        except TypeError:  # another aiohttp: no salvage
+            return []
+        messages: list[Any] = []
+        for piece in data.splitlines(keepends=True):
+            try:
+                parsed, upgraded, _ = parser.feed_data(piece)
+            except HttpProcessingError:
+                break
+            messages.extend(parsed)
+            if upgraded:
+                break
+        complete = [(m, p) for m, p in messages[skip:] if p.is_eof()]
+        return complete if len(complete) == len(messages[skip:]) else complete[:-1]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._manager
+        if isinstance(server, _Server) and not server.admit():
+            transport.write(_TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
+            transport.close()
+            self._manager = None  # never registered: connection_lost has nothing to undo
+            return
+        super().connection_made(transport)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """HTTP aiohttp cannot parse (or a failure outside our handler): the project's JSON body,
+        counted, the request line never echoed; aiohttp's own text answer otherwise."""
+        plain = super().handle_error(request, status, exc, message)  # logs (masked, see _ClientFaults)
+        server = self._manager
+        app = server.app if isinstance(server, _Server) else None
+        if app is None:
+            return plain
+        reason = Reason.MALFORMED if 400 <= status < 500 else Reason.INTERNAL
+        app[METRICS].reject(reason)
+        text = ("request is not valid HTTP/1.1 (request line, headers or chunked framing)" if reason is Reason.MALFORMED
+                else _INTERNAL_MESSAGE)
+        peer = "unknown"
+        with contextlib.suppress(Exception):
+            peer = str(self.transport.get_extra_info("peername")[0]) if self.transport else peer
+        app[REFUSALS].add(time.monotonic(), reason.value, peer, text)
+        response = _error(status if reason is Reason.MALFORMED else 400, reason, text)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's server (protocol factory) with a bound on open connections."""
+
+    app: web.Application | None = None
+    max_connections = 0
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+    def admit(self) -> bool:
+        """Room for one more connection: below the limit, or after closing the connection
+        idle longest (a keep-alive one waiting for its next request)."""
+        if not self.max_connections or len(self._connections) < self.max_connections:
+            return True
+        for handler in self._connections:  # oldest first
+            if getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None:
+                handler.close()
+                handler.force_close()
+                return True
+        if self.app is not None:
+            self.app[METRICS].reject(Reason.TOO_MANY_CONNECTIONS)
+        return False
+
+
+class Runner(web.AppRunner):
+    """The AppRunner of the exporter's apps: --max-connections and JSON for protocol errors."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same state, our protocol factory
+        assert isinstance(server, _Server)
+        server.app = self.app
+        if SETTINGS in self.app:
+            server.max_connections = max_connections(self.app[SETTINGS])
+        asyncio.get_running_loop().set_exception_handler(_loop_errors)
+        return server
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one where allowed; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+def max_connections(settings: Settings) -> int:
+    """--max-connections, or by default the fd limit less FD_RESERVE, at most DEFAULT_MAX_CONNECTIONS."""
+    if settings.max_connections is not None:
+        return settings.max_connections
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, raise_fd_limit() - FD_RESERVE))
+
+
+_ACCEPT_ERRORS = RateLimitedLog(log)
+
+
+def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio logs a traceback for every accept retry at the fd limit: one line per interval instead."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and "accept" in str(context.get("message", "")):
+        _ACCEPT_ERRORS.error(time.monotonic(), "cannot accept connections", error=str(error),
+                             hint="open-file limit reached: lower --max-connections or raise `ulimit -n`")
+        return
+    loop.default_exception_handler(context)
 
 
 def tick(app: web.Application, now: float) -> None:
@@ -498,6 +754,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         trim, next_trim = _malloc_trim(), running.time() + TRIM_SECONDS
         while True:
             await asyncio.sleep(TICK_SECONDS)
+            app[REFUSALS].flush(time.monotonic())
             try:
                 await run_tick(app)
             except Exception:  # a bug here must not stop expiry for good
@@ -521,6 +778,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    app[REFUSALS].flush(time.monotonic(), force=True)
     if RECORDER in app:
         app[RECORDER].close()
     if state is not None:
@@ -568,6 +826,16 @@ def _add_health(app: web.Application) -> None:
     app.router.add_get("/", handle_index)
 
 
+def _add_fallbacks(app: web.Application) -> None:
+    """JSON 405 for another method on every path, JSON 404 for any other path; both counted."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        allowed.setdefault(route.resource.canonical, set()).add(route.method)  # type: ignore[union-attr]
+    for path, methods in allowed.items():
+        app.router.add_route(hdrs.METH_ANY, path, _wrong_method(sorted(methods)))
+    app.router.add_route(hdrs.METH_ANY, "/{path:.*}", handle_not_found)
+
+
 def create_app(
     settings: Settings,
     registry: CollectorRegistry | None = None,
@@ -604,11 +872,15 @@ def create_app(
         metrics.track_state_file()
     if settings.record_path is not None:
         app[RECORDER] = Recorder(settings.record_path, settings.record_max_bytes, settings.record_keep)
-    app.router.add_post("/notify", handle_notify)
-    app.router.add_post("/notify/{token}", handle_notify)
+    app[REFUSALS] = RefusalLog(log)
+    if settings.token is not None:
+        _CLIENT_FAULTS.secrets.add(settings.token.get_secret_value())
+    for path in ("/notify", "/notify/", "/notify/{token}", "/notify/{token}/"):  # MTT's URL as typed
+        app.router.add_post(path, handle_notify)
     if settings.metrics_listen is None:
         app.router.add_get("/metrics", handle_metrics)
     _add_health(app)
+    _add_fallbacks(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -616,8 +888,9 @@ def create_app(
 def create_metrics_app(main: web.Application) -> web.Application:
     """The internal listener of --metrics-listen: /metrics and health of `main`."""
     app = web.Application()
-    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY, SHARED):
+    for key in (SETTINGS, METRICS, CORRELATOR, CLOCK, READY, SHARED, REFUSALS):
         app[key] = main[key]
     app.router.add_get("/metrics", handle_metrics)
     _add_health(app)
+    _add_fallbacks(app)
     return app

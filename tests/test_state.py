@@ -190,7 +190,7 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
     client, app = await make_client(state_backend=redis_server.url)
     assert await (await client.get("/-/ready")).json() == {"status": "ready"}
     redis_server.stop()
-    assert (await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1})).status == 200
+    assert (await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1_767_225_600})).status == 200
     response = await client.get("/-/ready")
     assert (response.status, await response.json()) == (200, {"status": "degraded", "state_backend": "unreachable"})
     registry = app[METRICS].registry
