@@ -749,8 +749,8 @@ def variables() -> list[dict]:
         for labels in [(*C.aggregation, "instance")] for i, label in enumerate(labels)
     ] + [
         # the operator's label map names them ("other" without a map): see the README's label map
-        query("line", "Line", f"label_values({C.sel('mtt_calls_total', scope())}, line)"),
-        query("destination", "Destination", f"label_values({C.sel('mtt_call_legs_total', scope())}, destination)"),
+        query("line", "Line", f"label_values({C.sel('mtt_calls_total', scope(selector=False))}, line)"),
+        query("destination", "Destination", f"label_values({C.sel('mtt_call_legs_total', scope(selector=False))}, destination)"),
     ]
 
 

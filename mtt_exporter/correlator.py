@@ -18,7 +18,9 @@ Rules, per call (keyed by the normalised h323_conf_id):
   first notification that carries a sip_id; the destination of a leg is looked up from its
   redirect number when its facts are made;
 - the caller's wait runs from the caller's first notification (premedia A or the first `o`)
-  to the first answer on any leg, or to the caller's hangup of a call never answered.
+  to the first answer on any leg, or to the caller's hangup of a call never answered; it is
+  measured once the grace period after the answer (or with the abandoned call's end) ran
+  out, so a caller notification delivered late still counts.
 
 `dump_state`/`load_state` turn the call table into JSON-able data and back, for restarts;
 `call_to_dict`/`call_from_dict` do it for one call.
@@ -186,7 +188,8 @@ class Call:
     a few, found by number), dedup keys as machine integers, premedia None when all paired.
     """
 
-    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended", "line", "start", "a_hangup_at")
+    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended", "line", "start", "a_hangup_at",
+                 "waited")
 
     def __init__(self, now: float) -> None:
         #: one per redirect number (a number tried again replaces its ended leg)
@@ -206,6 +209,8 @@ class Call:
         self.start: float | None = None
         #: event time of the caller's hangup: the end of an abandoned call's wait
         self.a_hangup_at: float | None = None
+        #: the caller's wait was measured (once per call)
+        self.waited = False
 
 
 _PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
@@ -251,22 +256,20 @@ def _first_answer(call: Call) -> float | None:
     return min((leg.s for leg in call.legs if leg.s is not None), default=None)
 
 
-def _caller_seen(call: Call, time: float, labels: LabelMap, facts: list[Fact]) -> None:
-    """The caller was there at `time`: an earlier start of the wait; measured if already answered."""
-    start = call.start
-    if start is None:
-        call.start = time
-        answered = _first_answer(call)
-        if answered is not None:  # the answer came in first (out-of-order delivery)
-            facts.append(Waited(WaitOutcome.ANSWERED, _span(time, answered), _line(call, labels)))
-    elif time < start:
-        call.start = time
+def _answered_wait(call: Call, labels: LabelMap, facts: list[Fact]) -> None:
+    """The wait of an answered call, once: from the caller's first notification to the first answer."""
+    if call.waited or call.start is None:
+        return
+    answered = _first_answer(call)
+    if answered is not None:
+        call.waited = True
+        facts.append(Waited(WaitOutcome.ANSWERED, _span(call.start, answered), _line(call, labels)))
 
 
 def _premedia(call: Call, n: Notification, facts: list[Fact], labels: LabelMap) -> None:
     number = n.number_a if n.side is Side.A else n.redirect_number
-    if n.side is Side.A:
-        _caller_seen(call, n.time, labels, facts)
+    if n.side is Side.A and (call.start is None or n.time < call.start):
+        call.start = n.time
     if call.premedia is None:
         call.premedia = {}
     key = (n.side.value, number)
@@ -343,7 +346,7 @@ def apply(call: Call, n: Notification, now: float, grace: float, span: float = m
     if leg is None:  # a hangup that names no leg: only the call-level facts
         if n.side is Side.A:
             call.a_hangup = True
-            if call.a_hangup_at is None:
+            if call.a_hangup_at is None or n.time < call.a_hangup_at:
                 call.a_hangup_at = n.time
         call.deadline = now + grace
     elif event is EventType.ORIGINATE:
@@ -358,17 +361,12 @@ def apply(call: Call, n: Notification, now: float, grace: float, span: float = m
                 facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
                                       labels.destination(leg.number)))
         if call.start is None or n.time < call.start:
-            _caller_seen(call, n.time, labels, facts)
+            call.start = n.time
     elif event is EventType.ANSWER:
         if leg.s is None and not leg.done:
-            start = call.start
-            if start is not None:
-                for other in call.legs:
-                    if other.s is not None:
-                        break
-                else:  # the call's first answer: the caller's wait is over
-                    facts.append(Waited(WaitOutcome.ANSWERED, _span(start, n.time), line))
             leg.s = n.time
+            if not call.waited:  # measured when the grace period ends: a late `o` or prompt still counts
+                call.deadline = now + grace
             if leg.o is not None:
                 facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
                                       labels.destination(leg.number)))
@@ -383,7 +381,7 @@ def apply(call: Call, n: Notification, now: float, grace: float, span: float = m
     else:  # HANGUP
         if n.side is Side.A:
             call.a_hangup = True
-            if call.a_hangup_at is None:
+            if call.a_hangup_at is None or n.time < call.a_hangup_at:
                 call.a_hangup_at = n.time
         if leg.h is None:
             leg.h, leg.cause, leg.side = n.time, n.cause, n.side
@@ -404,6 +402,7 @@ def settle(call: Call, conf_id: str, now: float, facts: list[Fact], labels: Labe
         for leg in call.legs:
             if leg.h is not None and not leg.done:
                 _end_leg(leg, conf_id, facts, labels)
+        _answered_wait(call, labels, facts)
     if call.ended:
         return
     legs = call.legs
@@ -418,7 +417,9 @@ def settle(call: Call, conf_id: str, now: float, facts: list[Fact], labels: Labe
 def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact], labels: LabelMap) -> None:
     call.ended = True
     line = _line(call, labels)
-    if outcome is CallOutcome.ABANDONED and call.start is not None and call.a_hangup_at is not None:
+    if outcome is CallOutcome.ABANDONED and not call.waited and call.start is not None \
+            and call.a_hangup_at is not None:
+        call.waited = True
         facts.append(Waited(WaitOutcome.ABANDONED, _span(call.start, call.a_hangup_at), line))
     facts.append(CallEnded(outcome, line))
 
@@ -432,6 +433,7 @@ def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact], la
             else:
                 leg.done = True
                 facts.append(LegEnded(LegOutcome.EXPIRED, labels.destination(leg.number)))
+    _answered_wait(call, labels, facts)  # evicted before its grace period ran out
     if not call.ended:
         facts.append(Evicted(reason))
         _end_call(call, CallOutcome.EXPIRED, facts, labels)
@@ -517,7 +519,7 @@ def call_to_dict(call: Call) -> dict:
     [side, number, sp, ep]; `seen` holds the signed 64-bit dedup keys. Times are Unix
     seconds: event times for the legs and premedia, receipt (wall-clock) for last_seen and
     deadline. Since version 2: `line` (a label-map name), `start` and `a_hangup_at` (event
-    times bounding the caller's wait).
+    times bounding the caller's wait) and `waited` (it was measured).
     """
     data: dict = {
         "legs": [[leg.number, leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done] for leg in call.legs],
@@ -538,6 +540,8 @@ def call_to_dict(call: Call) -> dict:
         data["start"] = call.start
     if call.a_hangup_at is not None:
         data["a_hangup_at"] = call.a_hangup_at
+    if call.waited:
+        data["waited"] = True
     return data
 
 
@@ -611,6 +615,7 @@ def call_from_dict(data: object) -> Call:
     call.line = line
     call.start = _optional_time(data.get("start"))
     call.a_hangup_at = _optional_time(data.get("a_hangup_at"))
+    call.waited = _flag(data.get("waited", False))
     return call
 
 

@@ -15,6 +15,7 @@ import redis
 from prometheus_client import generate_latest
 
 from mtt_exporter.correlator import (
+    Applied,
     CallStarted,
     Correlator,
     Duration,
@@ -23,6 +24,7 @@ from mtt_exporter.correlator import (
     Phase,
     RingOutcome,
 )
+from mtt_exporter.model import EventType, Side
 from mtt_exporter.server import METRICS
 from mtt_exporter.settings import Settings
 from mtt_exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
@@ -164,7 +166,8 @@ async def test_unreachable_redis_falls_back_and_recovers(pair, redis_server):
     duplicate, facts = await a.apply(note("o", 0, B1, conf="L"), NOW)
     assert isinstance(facts[0], CallStarted)  # correlated in local memory
     assert (a.up, a.stats.errors["apply"], a.stats.fallbacks, len(a.local)) == (False, 1, 1, 1)
-    assert (await a.apply(note("s", 5, B1, conf="L"), NOW + 1))[1] == [Duration(Phase.RING, 5.0, RingOutcome.ANSWERED, "L")]
+    assert (await a.apply(note("s", 5, B1, conf="L"), NOW + 1))[1] == [
+        Applied(EventType.ANSWER, Side.UNKNOWN, None), Duration(Phase.RING, 5.0, RingOutcome.ANSWERED, "L")]
     assert a.stats.errors["apply"] == 1  # no new attempt while down
     await a.expire(NOW + 2)
     assert (a.up, a.stats.errors["ping"]) == (False, 1)
@@ -182,7 +185,7 @@ async def test_unreachable_at_start_is_degraded_not_fatal():
     state = SharedState(f"redis://127.0.0.1:{free_port()}/0", Correlator())
     await state.start()
     assert not state.up
-    assert (await state.apply(note("o", 0, B1), NOW))[1] == [CallStarted()]
+    assert (await state.apply(note("o", 0, B1), NOW))[1] == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)]
     await state.close()
 
 
@@ -237,7 +240,7 @@ async def test_damaged_call_in_redis_is_replaced(pair):
     a, _ = pair
     await a.redis.hset(a.key("C1"), mapping={"v": "x", "d": '{"legs": 1}'})
     duplicate, facts = await a.apply(note("o", 0, B1), NOW)
-    assert facts == [CallStarted()] and not duplicate
+    assert facts == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)] and not duplicate
     assert json.loads(await a.redis.hget(a.key("C1"), "d"))["legs"] == [[B1, 0.0, None, None, None, None, "unknown", False]]
 
 
@@ -286,7 +289,7 @@ async def test_sentinel_failover_costs_only_the_notifications_in_between(tmp_pat
             assert primary.wait(1, 5000) == 1  # the replica has it
         sentinel.primary.stop()
         lost = (await state.apply(note("o", 0, B1, conf="DURING"), NOW))[1]  # correlated locally
-        assert not state.up and lost == [CallStarted()]
+        assert not state.up and lost == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)]
         deadline = asyncio.get_running_loop().time() + 20
         while not state.up:  # the ticker's probe asks the Sentinel for the new primary
             assert asyncio.get_running_loop().time() < deadline, "no failover"
