@@ -123,3 +123,9 @@ def test_unreadable_file(tmp_path, content, error):
         load(path)
     with pytest.raises(LabelMapError, match="cannot read"):
         load(tmp_path / "missing.yml")
+
+
+def test_the_kubernetes_example_map_is_valid():
+    example = DATA.parent.parent / "deploy" / "kubernetes" / "components" / "label-map" / "label-map.yaml"
+    labels = load(example)
+    assert labels.line_values == ("sales", OTHER, UNKNOWN) and labels.destination("79684881033") == "duty-mobile"
