@@ -254,7 +254,12 @@ def _line(call: Call, labels: LabelMap) -> str:
 
 
 def _first_answer(call: Call) -> float | None:
-    return min((leg.s for leg in call.legs if leg.s is not None), default=None)
+    first = None
+    for leg in call.legs:
+        s = leg.s
+        if s is not None and (first is None or s < first):
+            first = s
+    return first
 
 
 def _answered_wait(call: Call, labels: LabelMap, facts: list[Fact]) -> None:
@@ -403,7 +408,8 @@ def settle(call: Call, conf_id: str, now: float, facts: list[Fact], labels: Labe
         for leg in call.legs:
             if leg.h is not None and not leg.done:
                 _end_leg(leg, conf_id, facts, labels)
-        _answered_wait(call, labels, facts)
+        if not call.waited:
+            _answered_wait(call, labels, facts)
     if call.ended:
         return
     legs = call.legs

@@ -193,7 +193,6 @@ class Metrics:
         self._legs = {(o, d): self.legs.labels(o.value, d) for o in LegOutcome for d in destinations}
         self._rings = {(o.value, d): self.ring.labels(o.value, d) for o in RingOutcome for d in destinations}
         self.lines, self.destinations = lines, destinations
-        self._known_lines, self._known_destinations = frozenset(lines), frozenset(destinations)
 
     def record_reload(self, ok: bool) -> None:
         """Count a reload of the label map."""
@@ -217,21 +216,21 @@ class Metrics:
 
     def record_facts(self, facts: list[Fact]) -> None:
         """Record what the correlator concluded (originates, answers and hangups included)."""
-        lines, destinations = self._known_lines, self._known_destinations
+        # a name the map in force does not know (a call saved under an older map) counts as other
         for fact in facts:
             kind = type(fact)
             if kind is Applied:
-                line = fact.line if fact.line in lines else OTHER
                 event = fact.event
                 if event is EventType.ORIGINATE:
-                    self._attempts[line].inc()
+                    (self._attempts.get(fact.line) or self._attempts[OTHER]).inc()
                 elif event is EventType.ANSWER:
-                    self._answers[line].inc()
+                    (self._answers.get(fact.line) or self._answers[OTHER]).inc()
                 elif event is EventType.HANGUP:
-                    self._hangups[(fact.cause, fact.side, line)].inc()
+                    hangups = self._hangups
+                    (hangups.get((fact.cause, fact.side, fact.line)) or hangups[(fact.cause, fact.side, OTHER)]).inc()
             elif kind is Duration:
                 if fact.phase is Phase.RING:
-                    child = self._rings[(fact.label, fact.destination if fact.destination in destinations else OTHER)]
+                    child = self._rings.get((fact.label, fact.destination)) or self._rings[(fact.label, OTHER)]
                 else:
                     child = self._durations[(fact.phase, fact.label)]
                 if self.exemplars and fact.conf_id:
@@ -239,14 +238,15 @@ class Metrics:
                 else:
                     child.observe(fact.seconds)
             elif kind is LegEnded:
-                self._legs[(fact.outcome, fact.destination if fact.destination in destinations else OTHER)].inc()
+                legs = self._legs
+                (legs.get((fact.outcome, fact.destination)) or legs[(fact.outcome, OTHER)]).inc()
             elif kind is CallStarted or kind is CallRestored:
                 self.in_progress.inc()
             elif kind is CallEnded:
-                self._calls[(fact.outcome, fact.line if fact.line in lines else OTHER)].inc()
+                (self._calls.get((fact.outcome, fact.line)) or self._calls[(fact.outcome, OTHER)]).inc()
                 self.in_progress.dec()
             elif kind is Waited:
-                self._waits[(fact.outcome, fact.line if fact.line in lines else OTHER)].observe(fact.seconds)
+                (self._waits.get((fact.outcome, fact.line)) or self._waits[(fact.outcome, OTHER)]).observe(fact.seconds)
             elif kind is Evicted:
                 self._evicted[fact.reason].inc()
 
