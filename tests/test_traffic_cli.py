@@ -70,6 +70,7 @@ async def test_simulate_check_against_an_exporter_with_traffic(seed_call):
     try:
         async with aiohttp.ClientSession() as session:
             await session.post(url, json=seed_call)  # earlier traffic: --check compares the change
+        await asyncio.sleep(float(WAIT))  # settled (its caller's wait is measured after the grace period)
         code, out = await run_tool("simulate", "--url", url, "--check", "--wait", WAIT, "--calls", "80", "--rate", "400",
                                    "--duplicate-pct", "5", "--reorder-pct", "10", "--malformed-pct", "3",
                                    "--unknown-event-pct", "3", "--seed", "3")
