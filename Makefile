@@ -35,9 +35,14 @@ demo: $(VENV)/.installed
 pictures: $(VENV)/.test-installed system-deps
 	$(PY) scripts/render_dashboards.py $(ARGS)
 
-# The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
+# The benchmarks of BENCHMARKS.md (minutes; needs wrk, taskset and valgrind). ARGS="--only render" etc.
+# BASELINE=dir: an older checkout measured beside this one (git archive b0344c1 | tar -x -C dir).
+BASELINE ?=
 bench: $(VENV)/.test-installed system-deps
-	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/run.py $(if $(BASELINE),--baseline-path $(BASELINE)) $(ARGS)
+	$(PY) bench/callgrind.py --out bench/callgrind.json
+	$(PY) bench/callgrind.py --loop uvloop --out bench/callgrind-uvloop.json
+	$(if $(BASELINE),$(PY) bench/callgrind.py --kinds exporter --exporter-path $(BASELINE) --out bench/callgrind-baseline.json)
 
 # deploy/requirements.lock: every package of the image, pinned with hashes (the Dockerfile
 # installs only it). Rerun after changing dependencies; ARGS=--upgrade moves every pin.

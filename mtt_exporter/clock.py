@@ -38,3 +38,19 @@ class ProcessClock:
         """
         step = self.wall() - self()
         return step if abs(step) >= JITTER_SECONDS else 0.0
+
+
+#: Latest Unix time taken from a file (2100-01-01): any later one is damage, not a time.
+MAX_UNIX_SECONDS = 4_102_444_800.0
+
+
+def seconds(value: object, low: float = 0.0, high: float = MAX_UNIX_SECONDS) -> float:
+    """A time read from disk (state file, recording) as a float, or ValueError.
+
+    Only a JSON number (not a bool) within [low, high] is taken; the range is checked before
+    converting, so a 400-digit integer is refused rather than overflowing float(), and NaN
+    (which compares false) and infinities fall outside it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"expected a time in [{low:g}, {high:g}] s, got {type(value).__name__}")
+    return float(value)

@@ -33,12 +33,14 @@ import hashlib
 import heapq
 import math
 from collections.abc import Iterator
+from itertools import islice
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
 from .cause import CAUSE_MAX, LegOutcome, unanswered_outcome
+from .clock import MAX_UNIX_SECONDS, seconds
 from .labelmap import MAX_NAME_LENGTH, NO_LABELS, OTHER, LabelMap
 from .model import EventType, Notification, PayloadError, Reason, Side
 
@@ -556,9 +558,10 @@ _SIDES = [side.value for side in Side]  # a list: `in` must not hash a damaged v
 
 
 def _time(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
-        raise StateError(f"expected a finite number, got {type(value).__name__}")
-    return float(value)
+    try:  # bounded before converting: a 400-digit integer must not overflow float()
+        return seconds(value, -MAX_UNIX_SECONDS, MAX_UNIX_SECONDS)
+    except ValueError as error:
+        raise StateError(str(error)) from None
 
 
 def _optional_time(value: object) -> float | None:
@@ -638,12 +641,14 @@ def dump_state(correlator: Correlator, shift: float = 0.0) -> dict:
     return {"format": STATE_FORMAT, "version": STATE_VERSION, "calls": calls}
 
 
-def load_state(data: object, correlator: Correlator) -> list[Fact]:
+def load_state(data: object, correlator: Correlator, not_after: float | None = None) -> list[Fact]:
     """Fill an empty correlator from `dump_state` data, all or nothing.
 
     Returns facts: CallRestored for each call still in progress, then evictions if more
     calls were saved than `max_calls` allows. Raises StateError on foreign, other-version
-    or damaged data, leaving the correlator untouched.
+    or damaged data, or a call last seen after `not_after` (the snapshot's time), leaving
+    the correlator untouched. The calls are put in order of last_seen whatever the order
+    in the data: the TTL expiry stops at the first call not due.
     """
     if correlator.calls:
         raise ValueError("load_state needs an empty correlator")
@@ -659,7 +664,12 @@ def load_state(data: object, correlator: Correlator) -> list[Fact]:
     for entry in entries:
         if not isinstance(entry, list) or len(entry) != 2:
             raise StateError(f"calls: expected [conf_id, call], got {type(entry).__name__}")
-        calls[_text(entry[0])] = call_from_dict(entry[1])
+        call = call_from_dict(entry[1])
+        if not_after is not None and call.last_seen > not_after:
+            raise StateError("call: last_seen is after the snapshot was taken")
+        calls[_text(entry[0])] = call
+    if any(a.last_seen > b.last_seen for a, b in zip(calls.values(), islice(calls.values(), 1, None))):
+        calls = OrderedDict(sorted(calls.items(), key=lambda item: item[1].last_seen))  # stable
     correlator.calls = calls
     correlator._deadlines = [(call.deadline, conf_id) for conf_id, call in calls.items() if call.deadline is not None]
     heapq.heapify(correlator._deadlines)

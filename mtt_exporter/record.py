@@ -7,19 +7,31 @@ the files are personal data.
 Writes are buffered and flushed by size and by the server's one-second ticker, so the
 event loop makes one write system call per RECORD_FLUSH_BYTES or per second, not one per
 request; logging's RotatingFileHandler would flush every record.
+
+The file must be a regular file: a symlink, FIFO or device at the path is refused at start
+(opened without following links and without blocking). A file that ends in a partial line
+(a kill mid-write) is ended with a newline before the first new line, and every flush takes
+the file's real size first, so a truncation by another process (logrotate's copytruncate)
+never makes a failed write "truncate back" past the end.
+
+Reading back validates every field of every line (a time within plausible bounds, a
+printable content type, a body) and skips and reports a line that fails, whatever the
+failure.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import errno
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
+
+from .clock import seconds
 
 log = logging.getLogger("mtt_exporter")
 
@@ -30,6 +42,11 @@ def _json_string(text: str) -> bytes:
 
 #: Buffered bytes that trigger a write.
 RECORD_FLUSH_BYTES = 256 * 1024
+#: Longest line read back (a 1 MiB body escaped takes at most 6 MiB); longer ones are skipped unread.
+MAX_LINE_BYTES = 64 << 20
+#: Longest content type read back; a recorded one is a MIME type.
+MAX_CONTENT_TYPE = 255
+DEFAULT_CONTENT_TYPE = "application/json"
 
 
 class _ShortWrite(OSError):
@@ -55,7 +72,8 @@ class Recorder:
         self.keep = keep
         self._buffer: list[bytes] = []
         self._buffered = 0
-        #: the file may end in a partial line (a failed write could not be truncated back)
+        #: the file ends in a partial line (found so at open or after a truncation by another
+        #: process, or a failed write could not be truncated back): the next write ends it first
         self._torn = False
         #: lines dropped since writing last failed; None while writing works
         self._dropped: int | None = None
@@ -63,9 +81,41 @@ class Recorder:
         self._open()
 
     def _open(self) -> None:
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
-        os.chmod(self.path, 0o600)  # personal data
-        self._size = self._file.tell()
+        """Open (or create) the file: a regular file only, never through a symlink, never blocking on a FIFO."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise OSError(errno.ELOOP, f"--record {self.path} is a symlink: it is written only as a regular file") from None
+            if error.errno == errno.EISDIR:
+                raise OSError(errno.EISDIR, f"--record {self.path} is not a regular file but a directory") from None
+            raise
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise OSError(errno.EINVAL, f"--record {self.path} is not a regular file")
+            os.set_blocking(fd, True)
+            os.fchmod(fd, 0o600)  # personal data; the descriptor, not the path: no link is followed
+            self._file = os.fdopen(fd, "ab", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._size = status.st_size
+        self._torn = self._ends_torn(status.st_size)
+
+    def _ends_torn(self, size: int) -> bool:
+        """Whether the file of `size` bytes ends in a partial line (a kill or power loss mid-write)."""
+        return size > 0 and os.pread(self._file.fileno(), 1, size - 1) != b"\n"
+
+    def _resync(self) -> None:
+        """Take the file's real size: another process may have truncated it (logrotate copytruncate)."""
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            if size != self._size:
+                self._size, self._torn = size, self._ends_torn(size)
+        except (OSError, ValueError):  # keep the own count; the write that follows reports the fault
+            pass
 
     def write(self, time: float, body: bytes, content_type: str) -> None:
         """Queue one body received at `time`."""
@@ -92,6 +142,7 @@ class Recorder:
         try:
             if self._file.closed:  # a rotation failed half-way
                 self._open()
+            self._resync()
             chunk: list[bytes] = []
             size = self._size
             for line in lines:
@@ -161,7 +212,6 @@ class Recorder:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self._torn = False
         self._open()
 
     def close(self) -> None:
@@ -170,25 +220,65 @@ class Recorder:
             self._file.close()
 
 
+def _record(raw: bytes) -> tuple[float, bytes, str]:
+    """One line as (receipt time, body, content type); ValueError (or anything) when it is not a recorded body."""
+    line = json.loads(raw)
+    if not isinstance(line, dict):
+        raise ValueError("not an object")
+    receipt = seconds(line.get("time"))
+    if "body" in line:
+        if not isinstance(line["body"], str):
+            raise ValueError("body: not a string")
+        body = line["body"].encode()  # a lone surrogate raises UnicodeEncodeError
+    else:
+        if not isinstance(line.get("body_b64"), str):
+            raise ValueError("neither body nor body_b64")
+        body = base64.b64decode(line["body_b64"], validate=True)
+    content_type = line.get("content_type") or DEFAULT_CONTENT_TYPE
+    if not (isinstance(content_type, str) and len(content_type) <= MAX_CONTENT_TYPE and _header_safe(content_type)):
+        raise ValueError("content_type: not a header value of at most 255 characters")
+    return receipt, body, content_type
+
+
+def _header_safe(text: str) -> bool:
+    """No control character (CR, LF: a header injection), and encodable as aiohttp received it
+    (bytes that were not UTF-8 kept as surrogate escapes)."""
+    if any(char < " " or char == "\x7f" for char in text):
+        return False
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_records(paths: Iterable[Path], on_skip: Callable[[str], None] | None = None) -> Iterator[tuple[float, bytes, str]]:
     """(receipt time, body, content type) of every line of the files, in the order given.
 
-    A line that is not a recorded body (torn by a full disk, edited) is skipped and passed to
-    `on_skip` as "FILE:LINE: why"; without `on_skip` it raises ValueError.
+    A line that is not a recorded body (torn by a full disk, edited, hostile: any failure to
+    parse or check it, and any line over MAX_LINE_BYTES) is skipped and passed to `on_skip`
+    as "FILE:LINE: why"; without `on_skip` it raises ValueError.
     """
     for path in paths:
         with open(path, "rb") as lines:
-            for number, raw in enumerate(lines, 1):
-                if not raw.strip():
+            number = 0
+            while raw := lines.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    while raw and not raw.endswith(b"\n"):  # skip the rest of the line unread
+                        raw = lines.readline(MAX_LINE_BYTES)
+                    why = f"longer than {MAX_LINE_BYTES} bytes"
+                elif not raw.strip():
                     continue
-                try:
-                    line = json.loads(raw)
-                    body = line["body"].encode() if "body" in line else base64.b64decode(line["body_b64"], validate=True)
-                    record = float(line["time"]), body, line.get("content_type") or "application/json"
-                except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
-                    where = f"{path}:{number}: not a recorded body ({type(error).__name__})"
-                    if on_skip is None:
-                        raise ValueError(where) from None
-                    on_skip(where)
-                    continue
-                yield record
+                else:
+                    try:
+                        record = _record(raw)
+                    except Exception as error:  # noqa: BLE001 - RecursionError, MemoryError, ... : a bad line, never the end
+                        why = type(error).__name__
+                    else:
+                        yield record
+                        continue
+                where = f"{path}:{number}: not a recorded body ({why})"
+                if on_skip is None:
+                    raise ValueError(where)
+                on_skip(where)

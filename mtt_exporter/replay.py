@@ -2,8 +2,11 @@
 
 `mtt-exporter replay FILE... [--url URL] [--speed N | --as-fast-as-possible]` re-posts bodies
 recorded with `--record` (give rotated files oldest first: rec.jsonl.2 rec.jsonl.1 rec.jsonl),
-keeping their spacing in time divided by N. A line that is not a recorded body (torn by a
-full disk) is skipped and counted; a file with no recorded body at all is refused.
+keeping their spacing in time divided by N; a gap longer than MAX_GAP_SECONDS (or going
+back in time) is shortened to it (or to none), so no line can make replay sleep for ever. A
+line that is not a recorded body (torn by a full disk, damaged, hostile) is skipped and
+counted; a file with no recorded body at all is refused. A body that cannot be sent counts
+as a failure under its error's name, never ends the replay.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from .record import read_records
 from .simulate import Delivery
 
 DEFAULT_URL = "http://127.0.0.1:9888/notify"
+#: Longest pause between two recorded bodies that replay keeps (before --speed).
+MAX_GAP_SECONDS = 3600.0
 TOKEN_ENV = "MTT_EXPORTER_TOKEN"
 #: What a refusal most likely means for the person running the tool.
 STATUS_HINTS = {
@@ -117,6 +122,8 @@ async def post_all(
                     result = str(response.status)
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 result = type(error).__name__
+            except Exception as error:  # noqa: BLE001 - a delivery aiohttp cannot send: count it, go on
+                result = type(error).__name__
             finally:
                 limit.release()
             stats.results[(d.kind, result)] += 1
@@ -168,12 +175,21 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def _replayed(paths: list[Path], skipped: list[str]) -> Iterable[Delivery]:
-    """The recorded bodies as deliveries; lines that are not a recorded body go to `skipped`."""
-    first: float | None = None
+def _replayed(paths: list[Path], skipped: list[str], shortened: list[float] | None = None) -> Iterable[Delivery]:
+    """The recorded bodies as deliveries; lines that are not a recorded body go to `skipped`.
+
+    Each body keeps its gap to the one before, at most MAX_GAP_SECONDS (the gaps cut go to
+    `shortened`); a gap back in time (files out of order, a clock step) counts as none.
+    """
+    at, previous = 0.0, None
     for receipt, body, content_type in read_records(paths, skipped.append):
-        first = receipt if first is None else first
-        yield Delivery(max(receipt - first, 0.0), body, "recorded", content_type=content_type)
+        if previous is not None:
+            gap = receipt - previous
+            if gap > MAX_GAP_SECONDS and shortened is not None:
+                shortened.append(gap)
+            at += min(max(gap, 0.0), MAX_GAP_SECONDS)
+        previous = receipt
+        yield Delivery(at, body, "recorded", content_type=content_type)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,17 +216,20 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"no such file: {path}")
     console = Console(stderr=True)
     skipped: list[str] = []
+    shortened: list[float] = []
     with progress_bar(console) as progress:
         task = progress.add_task("replay", total=None, unit="bodies", info="")
         try:
             stats = asyncio.run(post_all(
-                _replayed(args.files, skipped), args.url, speed=None if args.as_fast_as_possible else args.speed,
+                _replayed(args.files, skipped, shortened), args.url, speed=None if args.as_fast_as_possible else args.speed,
                 concurrency=args.concurrency, headers=auth_headers(args.token),
                 on_progress=lambda s: progress.update(task, completed=s.sent),
             ))
         except ValueError as error:
             console.print(f"mtt-exporter replay: {error}")
             raise SystemExit(2) from None
+    if shortened:
+        console.print(f"{len(shortened)} gaps longer than {MAX_GAP_SECONDS:g} s shortened to it (longest {max(shortened):.0f} s)")
     if skipped:
         console.print(f"{len(skipped)} lines skipped, not a recorded body (first: {skipped[0]})", markup=False, highlight=False)
         if not stats.sent:

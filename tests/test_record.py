@@ -190,3 +190,105 @@ recorder.close()
     assert result.returncode == 0, result.stderr
     assert path.read_bytes() == b"".join(line(i) for i in range(3))
     assert "cannot write --record file" in result.stderr
+
+
+# --- attack round on persistence (#9): the class of each fault ------------------------------
+
+
+def _link_to(target):
+    def make(path):
+        if target == "file":
+            path.with_name("other.conf").write_text("setting = 1\n")
+            path.symlink_to(path.with_name("other.conf"))
+        else:
+            path.symlink_to(target)
+    return make
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda p: __import__("os").mkfifo(p), id="FIFO: would block"),
+    pytest.param(lambda p: p.mkdir(), id="directory"),
+    pytest.param(_link_to("file"), id="symlink to another file"),
+    pytest.param(_link_to("/dev/null"), id="symlink to /dev/null"),
+    pytest.param(_link_to("nowhere"), id="dangling symlink: would be created elsewhere"),
+])
+def test_record_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, make):
+    import os
+
+    path = tmp_path / "rec.jsonl"
+    make(path)
+    before = {p.name: (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+              for p in tmp_path.iterdir()}
+    with pytest.raises(OSError, match="symlink|not a regular file"):
+        Recorder(path, max_bytes=1 << 20, keep=1)
+    assert {p.name: (p.lstat().st_mode, p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in tmp_path.iterdir()} == before  # nothing created, written or chmodded
+    assert not os.path.exists(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(("existing", "skipped"), [
+    pytest.param(b"", 0, id="empty"),
+    pytest.param(line(1), 0, id="whole lines"),
+    pytest.param(line(1) + line(2)[:-1], 0, id="torn just before its newline: whole again"),
+    pytest.param(line(1)[:5], 1, id="one torn line"),
+])
+def test_recorder_starts_on_a_line_boundary(tmp_path, existing, skipped):
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(existing)
+    recorder = Recorder(path, max_bytes=1 << 20, keep=1)
+    recorder.write(9.0, b'{"n": 9}', "application/json")
+    recorder.close()
+    lost: list[str] = []
+    assert [t for t, _, _ in read_records([path], lost.append)][-1] == 9.0
+    assert len(lost) == skipped
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(b'{"time": 1' + b"0" * 400 + b', "body": "{}"}', id="time of 401 digits"),
+    pytest.param(b'{"time": 1e300, "body": "{}"}', id="time 1e300"),
+    pytest.param(b'{"time": "inf", "body": "{}"}', id="time a string"),
+    pytest.param(b'{"time": NaN, "body": "{}"}', id="time NaN"),
+    pytest.param(b'{"time": -1, "body": "{}"}', id="time before 1970"),
+    pytest.param(b'{"time": true, "body": "{}"}', id="time a bool"),
+    pytest.param(b'{"body": "{}"}', id="no time"),
+    pytest.param(b'{"time": 1, "body": 5}', id="body a number"),
+    pytest.param(b'{"time": 1, "body": "\\ud800"}', id="body a lone surrogate"),
+    pytest.param(b'{"time": 1, "body_b64": "!!"}', id="body_b64 not base64"),
+    pytest.param(b'{"time": 1, "body_b64": ["x"]}', id="body_b64 a list"),
+    pytest.param(b'{"time": 1, "body": "{}", "content_type": 5}', id="content_type a number"),
+    pytest.param(b'{"time": 1, "body": "{}", "content_type": {"a": 1}}', id="content_type an object"),
+    pytest.param(b'{"time": 1, "body": "{}", "content_type": "a\\r\\nX: 1"}', id="content_type CR LF"),
+    pytest.param(b'{"time": 1, "body": "{}", "content_type": "a\\u0000"}', id="content_type NUL"),
+    pytest.param(b'{"time": 1, "body": "{}", "content_type": "' + b"x" * 300 + b'"}', id="content_type overlong"),
+    pytest.param(b'[1, 2]', id="a list"),
+    pytest.param(b'[' * 200_000, id="deep nesting"),
+    pytest.param(b'{"a": ' * 100_000, id="deep objects"),
+])
+def test_replay_skips_and_counts_any_bad_line(tmp_path, bad):
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(line(1) + bad + b"\n" + line(2))
+    lost: list[str] = []
+    assert [t for t, _, _ in read_records([path], lost.append)] == [1.0, 2.0]
+    assert len(lost) == 1 and "rec.jsonl:2" in lost[0]
+
+
+def test_replay_skips_an_overlong_line_without_reading_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr("mtt_exporter.record.MAX_LINE_BYTES", 100)
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(line(1) + b'{"time": 1, "body": "' + b"x" * 1000 + b'"}\n' + line(2))
+    lost: list[str] = []
+    assert [t for t, _, _ in read_records([path], lost.append)] == [1.0, 2.0]
+    assert len(lost) == 1 and "rec.jsonl:2" in lost[0] and "longer than" in lost[0]
+
+
+@pytest.mark.parametrize(("times", "expected"), [
+    pytest.param([1.0, 2.0, 5.0], [0.0, 1.0, 4.0], id="recorded spacing kept"),
+    pytest.param([1.0, 1e9, 1e9 + 1], [0.0, 3600.0, 3601.0], id="a huge gap shortened"),
+    pytest.param([10.0, 5.0, 6.0], [0.0, 0.0, 1.0], id="back in time: no gap"),
+])
+def test_replay_schedule_is_bounded(tmp_path, times, expected):
+    from mtt_exporter.replay import _replayed
+
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(b"".join(b'{"time": %r, "body": "{}"}\n' % t for t in times))
+    assert [d.at for d in _replayed([path], [])] == expected

@@ -166,15 +166,18 @@ def test_an_older_snapshot_never_replaces_a_newer_one(tmp_path):
     assert len(json.loads(state.path.read_text())["calls"]) == 1
 
 
-def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+def test_failed_write_sets_the_old_file_aside_intact(tmp_path, monkeypatch):
+    """Never a mix, no temp file; and the older snapshot no longer at the path, where a
+    start after a hard kill would take it for current (#9 item 8: any failed save, periodic too)."""
     state = saved(tmp_path)
     before = state.path.read_bytes()
     state.correlator.apply(note("o", 0, B2, conf="C2"), NOW)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
         state.write(state.snapshot())
-    assert state.path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 1 and names[0].startswith("state.json.stale-")
+    assert (tmp_path / names[0]).read_bytes() == before
 
 
 def _truncated(path):
@@ -187,6 +190,26 @@ def _flipped(path):
     path.write_text(text.replace(f'"version":{STATE_VERSION}', '"version":99'))
 
 
+HUGE = "1" + "0" * 400  # a JSON number that overflows float()
+
+
+def _raw(where: str, token: str):
+    """Put the JSON token `token` (401 digits, NaN: no Python value writes it) at `where` in the file."""
+
+    def damage(path):
+        data = json.loads(path.read_text())
+        call = data["calls"][0][1]
+        if where == "saved_at":
+            data["saved_at"] = "RAW"
+        elif where == "leg time":
+            call["legs"][0][1] = "RAW"
+        else:
+            call[where] = "RAW"
+        path.write_text(json.dumps(data).replace('"RAW"', token))
+
+    return damage
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -197,6 +220,17 @@ def _flipped(path):
         pytest.param(_flipped, id="other version"),
         pytest.param(lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "calls": [["C1", {"legs": []}]]})), id="damaged call"),
         pytest.param(lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "saved_at": "now"})), id="saved_at not a number"),
+        # every time read from the file is bounded before it is converted (#9 attack round)
+        pytest.param(_raw("saved_at", HUGE), id="saved_at of 401 digits"),
+        pytest.param(_raw("saved_at", "NaN"), id="saved_at NaN"),
+        pytest.param(_raw("saved_at", "-Infinity"), id="saved_at -Infinity"),
+        pytest.param(_raw("last_seen", HUGE), id="last_seen of 401 digits"),
+        pytest.param(_raw("last_seen", "-" + HUGE), id="last_seen of -401 digits"),
+        pytest.param(_raw("deadline", HUGE), id="deadline of 401 digits"),
+        pytest.param(_raw("leg time", HUGE), id="leg time of 401 digits"),
+        pytest.param(_raw("last_seen", "1e300"), id="last_seen 1e300"),
+        pytest.param(_raw("last_seen", "true"), id="last_seen a bool"),
+        pytest.param(_raw("last_seen", "9e9"), id="last_seen after the snapshot"),
     ],
 )
 def test_unusable_file_is_set_aside_and_start_is_empty(tmp_path, caplog, damage):
@@ -214,6 +248,65 @@ def test_unusable_file_is_set_aside_and_start_is_empty(tmp_path, caplog, damage)
 
 def test_missing_file_starts_empty(tmp_path):
     assert StateFile(tmp_path / "none.json", Correlator()).load() == []
+
+
+def _symlink_to(target):
+    def make(path):
+        path.unlink()
+        path.symlink_to(target if target != "the state" else path.with_name("real.json"))
+    return make
+
+
+def _moved_then_linked(path):
+    os.replace(path, path.with_name("real.json"))
+    path.symlink_to(path.with_name("real.json"))
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    pytest.param(lambda p: (p.unlink(), p.mkdir()), SetAside.UNREADABLE, id="directory"),
+    pytest.param(lambda p: (p.unlink(), os.mkfifo(p)), SetAside.UNREADABLE, id="FIFO: would block"),
+    pytest.param(_symlink_to("/dev/zero"), SetAside.UNREADABLE, id="symlink to /dev/zero: endless"),
+    pytest.param(_moved_then_linked, SetAside.UNREADABLE, id="symlink to a good state file"),
+    pytest.param(lambda p: os.truncate(p, 64 << 20), SetAside.OVERSIZE, id="larger than the cap (sparse)"),
+])
+def test_anything_but_a_small_regular_file_is_set_aside_unread(tmp_path, caplog, make, reason):
+    """Opened without following a link or blocking, checked to be a regular file of at most
+    max_bytes before a byte is read; what is there is renamed aside (a link, not its
+    target), so the saves of this run can write the path."""
+    state = saved(tmp_path)
+    make(state.path)
+    fresh = Correlator(max_calls=1000)  # cap: MIN_MAX_BYTES (16 MiB)
+    loader = StateFile(state.path, fresh)
+    assert loader.load() == [] and len(fresh) == 0
+    assert loader.set_aside is reason and not os.path.lexists(state.path)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f"state.json.{reason.value}-")]
+    assert "set aside" in caplog.text
+    if (tmp_path / "real.json").exists():
+        assert (tmp_path / "real.json").stat().st_size > 0  # the link's target is left alone
+    StateFile(state.path, fresh).save()  # the path is free again for this run's saves
+    assert state.path.is_file() and not state.path.is_symlink()
+
+
+def test_restored_calls_are_put_in_last_seen_order(tmp_path):
+    """TTL expiry stops at the first call not due: a file in another order (edited, or
+    hostile) must not keep older calls from expiring."""
+    correlator, _, _ = run(SEED[:4])
+    (conf_id, call), = dump_state(correlator)["calls"]
+    data = {"format": "mtt-exporter-state", "version": STATE_VERSION,
+            "calls": [["NEWER", {**call, "last_seen": NOW + 1000}], [conf_id, call]]}
+    restored = Correlator()
+    load_state(data, restored, not_after=NOW + 1000)
+    assert list(restored.calls) == [conf_id, "NEWER"]
+    restored.expire(NOW + restored.ttl + 500)
+    assert list(restored.calls) == ["NEWER"]
+
+
+def test_stale_temp_files_are_removed_at_start_and_nothing_else(tmp_path):
+    (tmp_path / ".state.json.abc123.tmp").write_bytes(b"x" * 1000)  # a save killed mid-write
+    (tmp_path / ".other.json.abc123.tmp").write_bytes(b"keep")  # another file's
+    (tmp_path / "state.json.tmp").write_bytes(b"keep")  # not our pattern
+    StateFile(tmp_path / "state.json", Correlator()).load()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abc123.tmp", "state.json.tmp"]
 
 
 # --- the app -----------------------------------------------------------------------------
