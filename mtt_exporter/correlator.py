@@ -97,7 +97,7 @@ class EvictionReason(StrEnum):
     CAPACITY = "capacity"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Duration:
     """An interval measured on one call; `label` is the side or ring outcome; `destination`
     the leg's destination group (ring only)."""
@@ -113,8 +113,7 @@ class Duration:
 class Applied:
     """An originate, answer or hangup notification applied (not a duplicate) to a call of `line`.
 
-    Not frozen, unlike the other facts: one is made per notification, and a frozen
-    dataclass's __init__ (object.__setattr__ per field) costs four times as much.
+    One is made per originate, answer and hangup (see `Fact` on why facts are not frozen).
     """
 
     event: EventType
@@ -123,7 +122,7 @@ class Applied:
     line: str = OTHER
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class LegEnded:
     """A leg to a number of `destination` ended with this outcome."""
 
@@ -141,7 +140,7 @@ class CallRestored:
     """A call in progress was loaded from saved state (counts as in progress again)."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class CallEnded:
     """A call of `line` ended with this outcome."""
 
@@ -149,7 +148,7 @@ class CallEnded:
     line: str = OTHER
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Waited:
     """The caller of a call of `line` waited this long until answered or abandoned."""
 
@@ -165,6 +164,9 @@ class Evicted:
     reason: EvictionReason
 
 
+#: Facts with fields are plain slots dataclasses, not frozen ones: several are made per call, and a
+#: frozen dataclass's __init__ (object.__setattr__ per field) costs four times as much. Nothing
+#: keeps or changes them: the metrics module records each once.
 Fact = Applied | Duration | LegEnded | CallStarted | CallRestored | CallEnded | Waited | Evicted
 
 
