@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .correlator import (
     Call,
@@ -203,14 +203,30 @@ class Contended(Exception):
     """Other writers kept changing the call: ATTEMPTS compare-and-sets failed."""
 
 
+#: Query parameters of a backend URL shown as they are in logs; every other value (a
+#: password of any name: `password`, `sentinel_password`, `ssl_keyfile_password`, or one
+#: a later redis-py adds) is masked.
+SAFE_QUERY_PARAMETERS = frozenset({
+    "db", "ssl_cert_reqs", "ssl_check_hostname", "socket_timeout", "socket_connect_timeout",
+    "socket_keepalive", "health_check_interval", "protocol", "decode_responses", "encoding",
+    "client_name", "max_connections", "retry_on_timeout", "single_connection_client",
+})
+
+
 def masked_url(url: str) -> str:
-    """The URL with its password replaced, for logs."""
+    """The URL with its password and every query value not known to be safe replaced, for logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0] if ":" in userinfo else userinfo
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = "&".join(
+        name if not sep else f"{name}={value if unquote(name).lower() in SAFE_QUERY_PARAMETERS else '***'}"
+        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    rebuilt = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    return rebuilt + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 @dataclass(frozen=True)
