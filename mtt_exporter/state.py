@@ -66,6 +66,7 @@ from .correlator import (
     drop,
     settle,
 )
+from .log import RateLimitedLog
 from .model import Notification, PayloadError, Reason
 
 try:
@@ -125,10 +126,27 @@ SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+
 # KEYS: call, due, seen, leased, open (one shard). ARGV: expected token ("" = no call), new
 # token, JSON ("" = delete), key TTL ms, conf id, due time, receipt time ("" = keep), "1" =
 # release the lease, change of the calls in progress. Returns 1 when written, else the call
-# as it is: {token, JSON} ({nil, nil}: none).
+# as it is: {token, JSON} ({nil, nil}: none). All checks come before the first write, so a
+# script either writes everything or nothing: an index of the wrong type or a calls-in-
+# progress counter that is not an integer (planted by another client) is an error reply
+# "MTTDATA ..." with nothing written. A call key of the wrong type counts as no call, and
+# is replaced by the write.
 _CAS = """
-local current = redis.call('HMGET', KEYS[1], 'v', 'd')
+for i = 2, 4 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'zset' and kind ~= 'none' then return redis.error_reply('MTTDATA ' .. KEYS[i] .. ' is a ' .. kind) end
+end
+local kind = redis.call('TYPE', KEYS[5])['ok']
+if kind ~= 'string' and kind ~= 'none' then return redis.error_reply('MTTDATA ' .. KEYS[5] .. ' is a ' .. kind) end
+if ARGV[9] ~= '0' then
+  local open = redis.call('GET', KEYS[5])
+  if open and not string.match(open, '^%-?%d+$') then return redis.error_reply('MTTDATA ' .. KEYS[5] .. ' is no integer') end
+end
+local current = {false, false}
+kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'hash' then current = redis.call('HMGET', KEYS[1], 'v', 'd') end
 if (current[1] or '') ~= ARGV[1] then return current end
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[3] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[3], ARGV[5])
@@ -144,6 +162,10 @@ return 1
 """
 # KEYS: due, leased (one shard); ARGV: now, lease end, most members. Expired leases first.
 _CLAIM = """
+for i = 1, 2 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'zset' and kind ~= 'none' then return redis.error_reply('MTTDATA ' .. KEYS[i] .. ' is a ' .. kind) end
+end
 local limit = tonumber(ARGV[3])
 local claimed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, member in ipairs(claimed) do redis.call('ZADD', KEYS[2], ARGV[2], member) end
@@ -197,6 +219,17 @@ Queued = tuple[Notification, float, float, "asyncio.Future | None"]
 
 def _ignore(n: Notification, received: float, result: Result | PayloadError) -> None:
     """The default `SharedState.deliver`: results of queued notifications are dropped."""
+
+
+def damaged(error: BaseException) -> bool:
+    """True for an error that tells of data in the backend this exporter would not have
+    written (a key of the wrong type, a counter that is no number, a member that is not
+    UTF-8), not of the backend failing: it concerns one call or one key, never the whole
+    backend's health."""
+    if isinstance(error, ResponseError):
+        text = str(error)
+        return "MTTDATA" in text or "WRONGTYPE" in text
+    return isinstance(error, ValueError | TypeError | UnicodeError | IndexError)
 
 
 class Contended(Exception):
@@ -466,6 +499,7 @@ class SharedState:
         self._drains: set[asyncio.Task] = set()
         #: where the result of a notification answered before it was applied goes
         self.deliver: Deliver = _ignore
+        self._damage_log = RateLimitedLog(log)
 
     @property
     def up(self) -> bool:
@@ -588,7 +622,10 @@ class SharedState:
             except Contended:
                 log.warning("call updated concurrently too often; correlated locally")
             except Exception as error:  # noqa: BLE001 - whatever broke, the notification is not lost
-                self._failed(BackendOperation.APPLY, error)
+                if damaged(error):  # this call's keys only: the call is correlated locally
+                    self._damaged(BackendOperation.APPLY, error)
+                else:
+                    self._failed(BackendOperation.APPLY, error)
         stats.fallbacks += 1
         return self.local.apply(n, now)
 
@@ -650,10 +687,13 @@ class SharedState:
                 if any(isinstance(c, NoScriptError) for c in claims):
                     await self._load_scripts()
                     continue
-                for claimed in claims:
+                for index, claimed in enumerate(claims):
                     if isinstance(claimed, Exception):
-                        raise claimed
-                members = sorted({m.decode("utf-8", "surrogatepass") for claimed in claims for m in claimed})
+                        if not damaged(claimed):
+                            raise claimed
+                        self._damaged(BackendOperation.EXPIRE, claimed)  # that shard's decisions wait
+                        claims[index] = []
+                members = sorted({m for m in await self._members(claims)})
                 for i in range(0, len(members), EXPIRE_IN_FLIGHT):
                     results = await asyncio.gather(
                         *(self._decide(m, now) for m in members[i:i + EXPIRE_IN_FLIGHT]), return_exceptions=True
@@ -661,13 +701,31 @@ class SharedState:
                     facts += (fact for r in results if not isinstance(r, BaseException) for fact in r)
                     for result in results:  # a contended call stays leased: retried when the lease ends
                         if isinstance(result, BaseException) and not isinstance(result, Contended):
-                            raise result
+                            if not damaged(result):
+                                raise result
+                            self._damaged(BackendOperation.EXPIRE, result)  # retried when its lease ends
                 if all(len(claimed) < CLAIM_BATCH for claimed in claims):
                     break
             await self._count()
         except BACKEND_ERRORS as error:
             self._failed(BackendOperation.EXPIRE, error)
         return facts
+
+    async def _members(self, claims: list[Any]) -> list[str]:
+        """The conf ids claimed; a member that is no conf id this exporter writes (not
+        UTF-8, or not a bulk string) is removed from the shard's indexes, and counted."""
+        members, bad = [], []
+        for shard, claimed in zip(SHARD_KEYS, claims, strict=True):
+            for member in claimed if isinstance(claimed, list) else ():
+                try:
+                    members.append(member.decode("utf-8", "surrogatepass"))
+                except (AttributeError, UnicodeError) as error:
+                    self._damaged(BackendOperation.EXPIRE, error)
+                    if isinstance(member, bytes):
+                        bad += [("ZREM", shard.leased, member), ("ZREM", shard.due, member), ("ZREM", shard.seen, member)]
+        if bad:
+            await self._pipe.send(*bad)  # repaired; a failure here is one for the tick
+        return members
 
     async def _decide(self, conf_id: str, now: float) -> list[Fact]:
         """The decisions due for one claimed call, written (which releases the claim)."""
@@ -702,12 +760,17 @@ class SharedState:
         """At --max-calls: drop the call seen longest ago (of the shards' oldest), claimed
         by ZREM so that one replica drops it."""
         heads = await self._pipe.send(*(("ZRANGE", s.seen, 0, 0, "WITHSCORES") for s in SHARD_KEYS))
-        entries = [_pair(head) for head in heads if isinstance(head, list) and head]
+        entries = [(*_pair(head), s) for s, head in zip(SHARD_KEYS, heads, strict=True) if isinstance(head, list) and head]
         facts: list[Fact] = []
         if not entries:
             return facts
-        member = min(entries, key=lambda entry: entry[1])[0]
-        conf_id = member.decode("utf-8", "surrogatepass")
+        member, _, shard = min(entries, key=lambda entry: entry[1])
+        try:
+            conf_id = member.decode("utf-8", "surrogatepass")
+        except (AttributeError, UnicodeError) as error:  # planted: removed, and nothing evicted this time
+            self._damaged(BackendOperation.APPLY, error)
+            await self._pipe.send(("ZREM", shard.seen, member))
+            return facts
         (removed,) = await self._pipe.send(("ZREM", self.shard(conf_id).seen, member))
         if removed != 1:
             return facts  # another replica took it
@@ -736,6 +799,8 @@ class SharedState:
 
     async def _read(self, conf_id: str) -> tuple[bytes | None, bytes | None]:
         (result,) = await self._pipe.send(("HMGET", self.key(conf_id), "v", "d"))
+        if isinstance(result, ResponseError) and damaged(result):
+            return None, None  # not a hash: no call, and the write over "no call" replaces it
         if isinstance(result, Exception):
             raise result
         return result[0], result[1]
@@ -771,11 +836,20 @@ class SharedState:
     async def _count(self) -> None:
         """Calls held, and in progress, in the shared backend."""
         counts = await self._pipe.send(*(("ZCARD", s.seen) for s in SHARD_KEYS), *(("GET", s.open) for s in SHARD_KEYS))
-        for count in counts:
-            if isinstance(count, Exception):
+        calls = in_progress = 0
+        for index, count in enumerate(counts):
+            if isinstance(count, Exception) and not damaged(count):
                 raise count
-        self.stats.calls = sum(counts[:SHARDS])
-        self.stats.in_progress = sum(int(count or 0) for count in counts[SHARDS:])
+            try:
+                if isinstance(count, Exception):
+                    raise count
+                if index < SHARDS:
+                    calls += int(count)
+                else:
+                    in_progress += int(count or 0)
+            except (ResponseError, ValueError, TypeError) as error:  # planted: that shard counts as 0
+                self._damaged(BackendOperation.EXPIRE, error)
+        self.stats.calls, self.stats.in_progress = calls, in_progress
 
     async def _load_scripts(self) -> None:
         for name, source in _SCRIPTS.items():
@@ -795,6 +869,13 @@ class SharedState:
             return
         self.stats.up = True
         log.info("state backend reachable", extra={"backend": masked_url(self.url)})
+
+    def _damaged(self, operation: BackendOperation, error: BaseException) -> None:
+        """Data in the backend this exporter would not write: counted as an error of
+        `operation`, logged at most once per interval; the backend stays up."""
+        self.stats.errors[operation] += 1
+        self._damage_log.error(asyncio.get_running_loop().time(), "damaged data in the state backend: skipped",
+                               operation=operation.value, error=f"{type(error).__name__}: {error}"[:200])
 
     def _failed(self, operation: BackendOperation, error: Exception) -> None:
         self.stats.errors[operation] += 1

@@ -138,10 +138,6 @@ def test_an_unreachable_backend_with_a_netloc_password_is_logged_masked(tmp_path
 # --- hostile data planted in Redis by another client ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a member of {mtt-N}:due that is not UTF-8 makes expire() raise "
-                   "UnicodeDecodeError (not a backend error) each time it is claimed: 'expiry tick failed' with a "
-                   "traceback once a lease (10 s) on every replica, and the calls claimed in the same round wait "
-                   "a lease more for their decision")
 async def test_a_planted_non_utf8_due_member_stops_no_decision(redis_server, tmp_path):
     with redis_server.client() as client:
         client.zadd("{mtt-3}:due", {b"\xff\xfe-planted": 0})
@@ -158,10 +154,6 @@ async def test_a_planted_non_utf8_due_member_stops_no_decision(redis_server, tmp
         assert "Traceback" not in replica.log()
 
 
-@pytest.mark.xfail(strict=True, reason="a non-integer {mtt-N}:open makes _count (and _probe) raise ValueError, "
-                   "not a backend error: 'expiry tick failed' with a traceback every tick while it lasts; the "
-                   "CAS script fails at INCRBY after its HSET, so the call is written to Redis although the "
-                   "notification is then correlated locally too")
 async def test_a_planted_non_integer_open_counter_is_survived(redis_server, tmp_path):
     exporter = Exporter(tmp_path, *_flags(redis_server.url)).start()
     try:
@@ -181,9 +173,6 @@ async def test_a_planted_non_integer_open_counter_is_survived(redis_server, tmp_
     assert exporter.log().count("Traceback") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="a key of the wrong type at one call's key makes every write to that call "
-                   "fail as if Redis were down: the whole replica falls back to local memory (up=0, degraded) "
-                   "each time a notification of that call comes")
 async def test_a_wrong_type_at_one_call_key_degrades_only_that_call(redis_server, tmp_path):
     exporter = Exporter(tmp_path, *_flags(redis_server.url)).start()
     try:
@@ -381,10 +370,6 @@ async def test_the_queue_stays_bounded_under_sustained_overload(redis_server, tm
         proxy.stdout.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the CAS script is not atomic on error: with {mtt-N}:open damaged, INCRBY "
-                   "fails after HSET/ZADD have written the call, the exporter takes the write as failed and "
-                   "correlates the call locally as well; once the damage is gone both copies are decided: the "
-                   "call is counted twice (mtt_calls_total 2 for 1 call)")
 async def test_a_failed_cas_script_leaves_no_half_written_call(redis_server, tmp_path):
     from mtt_exporter.simulate import SimConfig
     exporter = Exporter(tmp_path, *_flags(redis_server.url)).start()
@@ -543,7 +528,8 @@ async def test_sigterm_during_a_backlog_exits_in_time(redis_server, tmp_path):
         proxy.stdout.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a round trip past its bound (here: the replica frozen) may still have been "
+@pytest.mark.xfail(strict=False, reason="(not strict: whether the freeze trips the bound depends on timing; "
+                   "it passes when no round trip timed out) a round trip past its bound (here: the replica frozen) may still have been "
                    "executed by Redis: its compare-and-sets stand, and the exporter applies the same notifications "
                    "again in local memory; the call starts are never recorded for the Redis copies, so once "
                    "decided the summed mtt_calls_in_progress stays negative for good (-29 after 150 calls, 2 s "
