@@ -675,8 +675,6 @@ class SharedState:
         if not self.stats.up:
             await self._probe()
             return []
-        # nothing is decided past a notification this replica received and has not applied yet
-        now = min((chain[0][1] for chain in self._pending.values()), default=now) if self._pending else now
         facts: list[Fact] = []
         try:
             for _ in range(CLAIM_ROUNDS):
@@ -696,7 +694,8 @@ class SharedState:
                 members = sorted({m for m in await self._members(claims)})
                 for i in range(0, len(members), EXPIRE_IN_FLIGHT):
                     results = await asyncio.gather(
-                        *(self._decide(m, now) for m in members[i:i + EXPIRE_IN_FLIGHT]), return_exceptions=True
+                        *(self._decide(m, self._decision_time(m, now)) for m in members[i:i + EXPIRE_IN_FLIGHT]),
+                        return_exceptions=True,
                     )
                     facts += (fact for r in results if not isinstance(r, BaseException) for fact in r)
                     for result in results:  # a contended call stays leased: retried when the lease ends
@@ -710,6 +709,13 @@ class SharedState:
         except BACKEND_ERRORS as error:
             self._failed(BackendOperation.EXPIRE, error)
         return facts
+
+    def _decision_time(self, conf_id: str, now: float) -> float:
+        """Nothing is decided for a call past a notification of it this replica received and
+        has not applied yet; other calls are decided at `now` (a call with a long queue
+        holds back its own decisions only)."""
+        chain = self._pending.get(conf_id)
+        return min(now, chain[0][1]) if chain else now
 
     async def _members(self, claims: list[Any]) -> list[str]:
         """The conf ids claimed; a member that is no conf id this exporter writes (not

@@ -414,10 +414,6 @@ def _hostile_batch(conf_id: str, items: int = 1000) -> bytes:
     return _json.dumps(batch).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="expire() decides nothing past the oldest notification still queued "
-                   "(SharedState.expire: now = min(chain[0][1])), and one call's chain is applied one round "
-                   "trip per notification: one batch of 1,000 notifications of one call holds back every "
-                   "grace period and TTL on the replica for 1,000 round trips (50 s at a 50 ms Redis)")
 async def test_one_hostile_call_does_not_hold_back_every_decision(redis_server, tmp_path):
     from mtt_exporter.simulate import SimConfig
     proxy = subprocess.Popen([sys.executable, "-m", "tests.delay_proxy", "--target", str(redis_server.port), "--rtt", "0.05"],
