@@ -31,7 +31,9 @@ slot and the compare-and-set updates them atomically:
   entry when the lease ends. Its write of the decided call removes the entry;
 - `{mtt-N}:seen`: conf id -> last receipt time: the oldest is evicted at `--max-calls`.
 
-If Redis fails or a round trip outlasts its bound, notifications are correlated in local
+A write whose round trip outlasted its bound or lost its connection may have run: it is
+sent once more with the same tokens, which tells (see `_write`). If Redis fails, or the
+second try outlasts its bound too, notifications are correlated in local
 memory (the `Correlator` the default uses), `up` turns false, and the ticker probes Redis
 every second until it answers. A call that received a notification in local memory stays
 there until it ends or expires.
@@ -75,9 +77,13 @@ try:
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, asyncio.TimeoutError)
+    #: a round trip that failed so that the commands it carried may or may not have run
+    UNCERTAIN_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 except ImportError:  # the `redis` extra is not installed
     aioredis = None  # type: ignore[assignment]
 
@@ -230,6 +236,10 @@ def damaged(error: BaseException) -> bool:
         text = str(error)
         return "MTTDATA" in text or "WRONGTYPE" in text
     return isinstance(error, ValueError | TypeError | UnicodeError | IndexError)
+
+
+class _Uncertain(list):
+    """The call as it is now, after a write that timed out and may have run."""
 
 
 class Contended(Exception):
@@ -650,6 +660,7 @@ class SharedState:
             call = self._decode(data)
             if call is None:
                 evicted = await self._evict()
+        first: tuple[bool, bool, list[Fact]] | None = None  # a write that may have run
         for _ in range(ATTEMPTS):
             facts: list[Fact] = []
             if call is None:
@@ -658,11 +669,19 @@ class SharedState:
             else:
                 new = False
             duplicate, more = apply(call, n, now, self.grace, labels=self.local.labels)
+            if first is not None and duplicate and not first[1]:
+                # the call as it is holds this notification: the write that timed out ran
+                # (then another replica wrote over it); its facts stand, once
+                if first[0]:
+                    self.stats.calls += 1
+                return first[1], first[2] + evicted
             result = await self._write(conf_id, token, call, _opened(facts + more), seen=now)
             if result == 1:
                 if new:
                     self.stats.calls += 1
                 return duplicate, facts + more + evicted
+            if isinstance(result, _Uncertain) and first is None:
+                first = (new, duplicate, facts + more)
             token, data = result  # the call as it is now
             call = self._decode(data)
             self.stats.retries += 1
@@ -820,16 +839,33 @@ class SharedState:
         data = b"" if call is None else json.dumps(call_to_dict(call), separators=(",", ":")).encode()
         new = next(self._tokens)
         due = "" if call is None else next_due(call, self.ttl)
-        for _ in range(2):
-            (result,) = await self._pipe.send((
-                "EVALSHA", self._sha.get("cas", "0"), 5, self.key(conf_id), shard.due, shard.seen, shard.leased, shard.open,
-                token or b"", new, data, self._key_ttl_ms, member, due, "" if seen is None else seen, int(release), opened,
-            ))
-            if not isinstance(result, NoScriptError):
+        uncertain = reloaded = False
+        while True:
+            try:
+                (result,) = await self._pipe.send((
+                    "EVALSHA", self._sha.get("cas", "0"), 5, self.key(conf_id), shard.due, shard.seen, shard.leased,
+                    shard.open, token or b"", new, data, self._key_ttl_ms, member, due, "" if seen is None else seen,
+                    int(release), opened,
+                ))
+            except UNCERTAIN_ERRORS:
+                if uncertain:
+                    raise
+                # the round trip timed out or its connection broke: Redis may have run the
+                # script all the same. The same write again (same expected and new token)
+                # tells: done then, it finds its own token; not done, it is done now.
+                uncertain = True
+                continue
+            if not isinstance(result, NoScriptError) or reloaded:
                 break
+            reloaded = True
             await self._load_scripts()  # Redis restarted, or failed over to a node without it
         if isinstance(result, Exception):
             raise result
+        if uncertain and result != 1:
+            if result[0] == new or (call is None and result[0] is None):
+                result = 1  # the first try was done (or, for a delete, the call is gone as meant)
+            else:  # written since, by another replica: over ours, or ours never ran
+                result = _Uncertain(result)
         if result == 1:
             cache = self._written
             cache.pop(conf_id, None)
