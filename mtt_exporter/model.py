@@ -452,6 +452,9 @@ def parse(item: object, now: float | None = None) -> Notification:
     """
     raw: Wire | _Fields | RawNotification | None
     if type(item) is Wire:
+        usual = _parse_usual(item, now)
+        if usual is not None:
+            return usual
         raw = item  # decoded from the body with the types `_plain_fields` checks, and no other key
         cleaned: dict[Any, Any] = {}  # hence no JSON-RPC keys either
     elif not isinstance(item, dict):
@@ -548,6 +551,83 @@ def parse(item: object, now: float | None = None) -> Notification:
         sip_id=_number(raw.sip_id, "sip_id"),
         conflicts=tuple(conflicts),
     )
+
+
+#: `data` as MTT writes it: a known type code, a 10-11 digit number (+ allowed), a zero-padded
+#: time, at most a cause; ASCII only, so every field it yields is printable and short.
+_USUAL_DATA = re.compile(
+    r"event=(o|s|h|sp|ep|t)_(\+?[0-9]{10,11})_([0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{2})-([0-9]{2})-([0-9]{2})"
+    r"(?:&cause=([0-9]{1,3}))?"
+)
+_USUAL_SIDE = {None: Side.UNKNOWN, "A": Side.A, "B": Side.B}
+
+
+@lru_cache(maxsize=4096)
+def _moscow_hour_of(hour: str) -> float:
+    """`YYYY-MM-DD-HH` Moscow time -> Unix seconds; ValueError for no such date."""
+    return _moscow_hour(int(hour[:4]), int(hour[5:7]), int(hour[8:10]), int(hour[11:13]))
+
+
+def _parse_usual(raw: Wire, now: float | None) -> Notification | None:
+    """`parse` of a notification as MTT usually sends it (see `_USUAL_DATA`; a known event.type
+    code as sent, side A, B or none, call id of ASCII printable characters), else None: then the
+    general path decides. Same Notification, or the same PayloadError, as the general path
+    (tests/test_model.py proves it for random notifications); bounds and printability hold as
+    the patterns only admit short ASCII printable text."""
+    data, event, conf = raw.data, raw.event, raw.h323_conf_id
+    if type(data) is not str or not data.isascii() or type(conf) is not str or not (
+            len(conf) <= MAX_ID_LENGTH and conf.isascii() and conf.isprintable()):
+        return None
+    match = _USUAL_DATA.fullmatch(data)
+    if match is None:
+        return None
+    data_code, data_number, hour, minute, second, data_cause = match.groups()
+    kind = event.type if event is not None else None
+    if kind is None:
+        event_code = None
+        kind = data_code
+    elif kind in EVENT_BY_CODE:
+        event_code = kind
+    else:
+        return None
+    side = _USUAL_SIDE.get(event.side if event is not None else None)
+    conf_id = "".join(conf.split()).upper()
+    if side is None or not conf_id or int(hour[:4]) < _WHOLE_HOUR_CHANGES_SINCE or minute > "59" or second > "59":
+        return None
+    try:
+        time = _moscow_hour_of(hour) + int(minute) * 60 + int(second)
+    except (ValueError, OverflowError):
+        return None
+    if not EARLIEST_EVENT_TIME <= time <= (LATEST_EVENT_TIME if now is None else min(LATEST_EVENT_TIME, now + MAX_FUTURE_SECONDS)):
+        return None
+    event_type = EVENT_BY_CODE[kind]
+    conflicts = [Conflict.TYPE] if event_code is not None and event_code != data_code else []
+
+    event_cause = event.cause if event is not None else None
+    if event_cause is None and raw.cause is None and data_cause is None:
+        cause = None
+    else:
+        given = [c for c in (event_cause, raw.cause, data_cause) if _present(c)]
+        cause = parse_cause(given[0]) if given else None
+        if len(given) > 1 and len({parse_cause(c) for c in given}) > 1:
+            conflicts.append(Conflict.CAUSE)
+
+    number_a = _number(raw.numberA, "numberA")
+    redirect = _number(raw.redirect_number, "redirect_number")
+    data_number = normalise_number(data_number)
+    if side is Side.A and event_type in _PREMEDIA:
+        if number_a and data_number != number_a:
+            conflicts.append(Conflict.NUMBER)
+        number_a = number_a or data_number
+    elif redirect and data_number != redirect:
+        conflicts.append(Conflict.NUMBER)
+    else:
+        redirect = redirect or data_number
+    return Notification(conf_id, event_type, time, side, redirect, cause, number_a,
+                        _number(raw.sip_id, "sip_id"), tuple(conflicts))
+
+
+_PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
 
 
 ROUTING_MESSAGE = (
