@@ -148,6 +148,8 @@ WIRES = st.builds(
     redirect_number=_NUMBERS,
     sip_id=_NUMBERS,
     numberA=_NUMBERS,
+    extension=_mostly("0004", st.none(), st.sampled_from([" 0004 ", "", "x" * 16, "x" * 17, "00-4", "\u0664"]),
+                      st.integers(), _TEXT),
     h323_conf_id=_mostly("BC5F236C 5AD211E9", st.sampled_from(["bc5f236c\t5ad211e9", " ", "", "a" * 64, "a" * 65, "é" * 10]),
                          st.none(), st.integers(), _TEXT),
 )
