@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image demo pictures
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -24,6 +24,16 @@ OUT ?=
 dashboards: $(VENV)/.test-installed
 	$(PY) dashboards/generate.py --config $(CONFIG) $(if $(OUT),--out $(OUT))
 	$(PY) deploy/kubernetes/generate.py $(if $(OUT),--root $(OUT) --out $(OUT)/deploy/kubernetes/base)
+
+# Post 20 simulated calls, timed now, to the exporter of `make run` (token: MTT_EXPORTER_TOKEN) and
+# print the numbers it must show.
+demo: $(VENV)/.installed
+	$(VENV)/bin/mtt-exporter simulate --calls 20 --rate 2 --speed 20 --talk-max 300 $(ARGS)
+
+# docs/pictures/*.png: every dashboard panel's PromQL on a real Prometheus fed by the simulator
+# (about 6 minutes; needs prometheus, see system-deps). ARGS="--minutes 2" for a quicker run.
+pictures: $(VENV)/.test-installed system-deps
+	$(PY) scripts/render_dashboards.py $(ARGS)
 
 # The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
 bench: $(VENV)/.test-installed system-deps
@@ -72,4 +82,4 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache $(NODE_DIRS:%=%/node_modules)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis $(NODE_DIRS:%=%/node_modules)

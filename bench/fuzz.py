@@ -48,6 +48,8 @@ HOSTILE_STRINGS = [
     "", " ", "\x00", "\u202e79684881033", "😀" * 50, "A" * 10_000, "7" * 70, "+7 (968) 488-10-33", "8 968 488 10 33",
     "null", "NaN", "-1", "1e309", "0x10", "{}", "[]", "event=", "event=h_", "event=h__", "<script>", "' OR 1=1 --",
     "%00", "../../etc/passwd", "\r\nX-Injected: 1", "BC5F236C 5AD211E9 81BA5CB9 01FED6FC", " bc5f236c5ad211e981ba5cb901fed6fc ",
+    # issue #9: lone surrogates (JSON "\ud800") broke OpenMetrics exemplars and dedup keys
+    "\ud800", "BC5F\udfff236C", "7968\ud83d4881033", "\x1b[31m", "\u200b",
 ]
 HOSTILE_NUMBERS = [0, -1, 1, 16, 17, 26, 127, 128, 255, 2**31, 2**63, 2**64 + 1, -(2**63), 1e308, -1e308, 0.5, 16.0,
                    1558613711, 1558613711000, 1558613711000000, 10**18, 10**4000 // 10**3990]
@@ -141,8 +143,9 @@ def form_body(rng: random.Random, item: Any) -> bytes:
             pairs += [(f"event[{k}]", "" if v is None else str(v)) for k, v in value.items()]
         else:
             pairs.append((key, "" if value is None else str(value)))
-    text = urlencode(pairs)
-    return (byte_mutations(rng, text.encode()) if rng.random() < 0.3 else text.encode())
+    text = urlencode(pairs, errors="surrogatepass")
+    return (byte_mutations(rng, text.encode("utf-8", "surrogatepass")) if rng.random() < 0.3
+            else text.encode("utf-8", "surrogatepass"))
 
 
 def auth(rng: random.Random) -> tuple[str, dict[str, str]]:
@@ -192,7 +195,7 @@ def build(seed: int, index: int, kinds: dict[str, float] = KINDS) -> dict[str, A
         value: Any = mutate_item(rng)
         if rng.random() < 0.15:
             value = [mutate_item(rng) for _ in range(rng.randrange(1, 60))]
-        body = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
+        body = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")  # a raw lone surrogate is not UTF-8: refused as such
     elif kind == "bytes":
         body = byte_mutations(rng, json.dumps(rng.choice(SEED)).encode())
     elif kind == "form":
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         before = exporter.metrics()
         result = asyncio.run(run(args, exporter))
         healthy = exporter.request("GET", "/-/healthy")[0] == 200
+        openmetrics = exporter.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})[0]
         after = exporter.metrics()
     finally:
         code = exporter.stop()
@@ -326,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = {
         "no 5xx": not any(s.startswith("5") for s in statuses),
         "healthy at the end": healthy,
+        "OpenMetrics scrape 200 (exemplars encode)": openmetrics == 200,
         "clean exit (state saved)": code == 0 and "state saved" in log,
         "no new series": not new_series,
         "no errors logged": " ERROR " not in log and "Traceback" not in log,

@@ -626,7 +626,7 @@ def variables() -> list[dict]:
     ] + [
         # each variable chained to the ones before it: the instances of the jobs of the clusters chosen
         query(label, label.replace("_", " ").capitalize(),
-              f"label_values({C.sel('mtt_exporter_build_info', scope(labels[:i]))}, {label})")
+              f"label_values({C.sel('mtt_exporter_build_info', scope(labels[:i], selector=False))}, {label})")
         for labels in [(*C.aggregation, "instance")] for i, label in enumerate(labels)
     ]
 

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from . import __version__, log as logsetup
+from . import state
 from .server import Runner, create_app, create_metrics_app, drain, runner_options, ssl_context
-from .settings import Settings, load, split_host_port
+from .settings import Settings, load, split_host_port, unknown_variables
 from .state import masked_url
 
 log = logging.getLogger("mtt_exporter")
@@ -88,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         return None
     settings = load(args)
     logsetup.setup(settings.log_level, settings.log_format)
+    for warning in unknown_variables(os.environ):
+        log.warning(warning)
+    if settings.state_backend is not None and state.aioredis is None:
+        log.error("--state-backend: the Redis client is not installed (pip install 'mtt-call-exporter[redis]')")
+        raise SystemExit(1)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings))

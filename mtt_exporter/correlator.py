@@ -12,7 +12,8 @@ Rules, per call (keyed by the normalised h323_conf_id):
 - a call ends on the hangup of an answered leg; without an answer, once a hangup from
   side A was seen, or no leg is open, and nothing changed that for the grace period;
 - ended calls stay (for duplicate detection and late legs) until the TTL since their last
-  notification; a call or leg still open then is counted as expired;
+  notification; a call or leg still open then is counted as expired, and so is one evicted
+  early by the cap (Evicted tells the two apart);
 - a call takes at most MAX_NOTIFICATIONS_PER_CALL distinct notifications (memory bound).
 
 `dump_state`/`load_state` turn the call table into JSON-able data and back, for restarts;

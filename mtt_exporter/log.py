@@ -66,7 +66,8 @@ def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "<token>").replace(quote(secret, safe=""), "<token>")
-    return _SECRET_PLACES.sub(lambda m: (m[1] or m[2] or m[3]) + "<token>", text)
+    text = _SECRET_PLACES.sub(lambda m: (m[1] or m[2] or m[3]) + "<token>", text)
+    return text.encode("utf-8", "backslashreplace").decode()  # a path may carry undecodable bytes
 
 
 # --- refusals -----------------------------------------------------------------------------
@@ -124,9 +125,11 @@ class RateLimitedLog:
         self.next = 0.0
         self.suppressed = 0
 
-    def error(self, now: float, message: str, **extra: object) -> None:
+    def error(self, now: float, message: str, exc_info: bool = False, **extra: object) -> None:
+        """Log `message` (with the exception being handled if `exc_info`) unless one was logged
+        less than an interval ago; `now` is a monotonic time."""
         if now < self.next:
             self.suppressed += 1
             return
-        self.logger.error(message, extra={**extra, "repeated": self.suppressed})
+        self.logger.error(message, exc_info=exc_info, extra={**extra, "repeated": self.suppressed})
         self.next, self.suppressed = now + self.interval, 0

@@ -28,6 +28,17 @@ from .simulate import Delivery
 
 DEFAULT_URL = "http://127.0.0.1:9888/notify"
 TOKEN_ENV = "MTT_EXPORTER_TOKEN"
+#: What a refusal most likely means for the person running the tool.
+STATUS_HINTS = {
+    "400": "bodies refused as invalid (a recording holds the rejected bodies too)",
+    "401": f"wrong or missing token: give --token or ${TOKEN_ENV}",
+    "403": "this address is outside the exporter's --allow-cidr",
+    "404": "no such path: --url should end in /notify",
+    "405": "wrong method or path: --url should end in /notify",
+    "408": "the exporter's --read-timeout ran out",
+    "413": "over the exporter's --max-body-bytes or --max-batch-items",
+    "429": "the exporter is overloaded (--max-concurrent-requests): lower --concurrency",
+}
 
 
 @dataclass
@@ -48,6 +59,23 @@ class SendStats:
             if not status.isdigit() or status.startswith("5") or (expected and int(status) != expected(kind)):
                 bad += count
         return bad
+
+    def refusals(self) -> Counter[str]:
+        """Deliveries answered 4xx, by status."""
+        found: Counter[str] = Counter()
+        for (_, status), count in self.results.items():
+            if status.startswith("4"):
+                found[status] += count
+        return found
+
+    def all_refused(self) -> bool:
+        """Something was sent and nothing got a 2xx."""
+        return self.sent > 0 and not any(s.startswith("2") for _, s in self.results)
+
+    def refusal_lines(self) -> list[str]:
+        """One line per refusal status, most frequent first: count and what it likely means."""
+        return [f"{count} answered {status}: {STATUS_HINTS.get(status, 'refused')}"
+                for status, count in self.refusals().most_common()]
 
     def table(self, title: str) -> Table:
         table = Table(title=title)
@@ -150,14 +178,20 @@ def _replayed(paths: list[Path], skipped: list[str]) -> Iterable[Delivery]:
 
 def main(argv: list[str] | None = None) -> None:
     """`mtt-exporter replay`."""
-    parser = argparse.ArgumentParser(prog="mtt-exporter replay", description="Re-post bodies recorded with --record.")
+    parser = argparse.ArgumentParser(
+        prog="mtt-exporter replay",
+        description="Re-post the bodies an exporter recorded with --record FILE to an exporter's /notify, "
+        "keeping their spacing in time (divided by --speed). Exit status 1 when a body failed "
+        "(transport error or 5xx) or when every body was refused; refusals are summarised by status.",
+        epilog=f"example: {TOKEN_ENV}=s3cret mtt-exporter replay rec.jsonl.1 rec.jsonl --speed 10",
+    )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recorded JSON lines, oldest first")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"notify URL (default {DEFAULT_URL})")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, help="replay N times faster than recorded (default 1)")
+    pace.add_argument("--speed", type=float, default=1.0, metavar="N", help="replay N times faster than recorded (default 1)")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="ignore the recorded spacing")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at most (default 16)")
-    parser.add_argument("--token", help=f"sent as Bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--concurrency", type=int, default=16, metavar="N", help="requests in flight at most (default 16)")
+    parser.add_argument("--token", metavar="SECRET", help=f"sent as Bearer token (default: ${TOKEN_ENV}, which keeps it out of `ps`)")
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be > 0")
@@ -183,8 +217,13 @@ def main(argv: list[str] | None = None) -> None:
             console.print("mtt-exporter replay: no recorded body in the files")
             raise SystemExit(2)
     Console().print(stats.table("replayed"))
+    for line in stats.refusal_lines():
+        console.print(line, markup=False, highlight=False)
     if stats.failures():
         console.print(f"{stats.failures()} bodies failed (transport error or 5xx)")
+        raise SystemExit(1)
+    if stats.all_refused():
+        console.print("every body was refused: nothing was replayed")
         raise SystemExit(1)
 
 

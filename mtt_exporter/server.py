@@ -53,7 +53,7 @@ STATE = web.AppKey("state", StateFile)
 RECORDER = web.AppKey("recorder", Recorder)
 REFUSALS = web.AppKey("refusals", RefusalLog)
 #: Tracebacks of the exporter's own bugs, one line per interval at most.
-_BUGS = RateLimitedLog(log)
+BUGS = web.AppKey("bugs", RateLimitedLog)
 
 #: How often grace periods and TTLs are checked.
 TICK_SECONDS = 1.0
@@ -64,8 +64,10 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 OPEN_PATHS = frozenset({"/-/healthy", "/-/ready"})
 #: Seconds a client refused for overload is asked to wait.
 RETRY_AFTER = 1
-#: File descriptors kept free of connections, for the state and record files, Redis, logs.
-FD_RESERVE = 128
+#: File descriptors kept free of connections: the state and record files, Redis, logs (128),
+#: and three bursts of accepts (asyncio accepts up to the listen backlog, 128, per wake-up
+#: before any is admitted, and the connections closed to make room close a turn later).
+FD_RESERVE = 128 + 3 * 128
 #: Most connections by default, whatever the fd limit: bodies in flight cost memory.
 DEFAULT_MAX_CONNECTIONS = 4096
 
@@ -279,7 +281,7 @@ async def handle_notify(request: web.Request) -> web.Response:
             try:
                 return await _notify(request, body)
             except Exception:  # a bug of ours: counted and answered, never an unhandled 500
-                _BUGS.error(time.monotonic(), "failed on a request", exc_info=True)
+                app[BUGS].error(time.monotonic(), "failed on a request", exc_info=True)
                 return _refuse(request, 400, Reason.INTERNAL, _INTERNAL_MESSAGE, close=True)
 
 
@@ -343,7 +345,7 @@ async def _notify(request: web.Request, body: bytes) -> web.Response:
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
             continue
         except Exception:  # a bug of ours: the correlator kept nothing of it (see Correlator.apply)
-            _BUGS.error(time.monotonic(), "failed on a notification", exc_info=True)
+            app[BUGS].error(time.monotonic(), "failed on a notification", exc_info=True)
             errors.append({"index": index, "reason": Reason.INTERNAL.value, "error": _INTERNAL_MESSAGE})
             continue
         metrics.record_notification(notification, received, duplicate)
@@ -352,8 +354,8 @@ async def _notify(request: web.Request, body: bytes) -> web.Response:
         duplicates += duplicate
         if log.isEnabledFor(logging.DEBUG):
             _log_accepted(notification, duplicate)
-    if accepted:
-        metrics.last_notification = now
+    if accepted:  # wall clock: alerts compare it with Prometheus' time()
+        metrics.last_notification = received
     if errors:
         _count_errors(request, errors)
         if not batch:
@@ -443,7 +445,8 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 async def handle_index(request: web.Request) -> web.Response:
     """GET /: what this is and where things are."""
-    routes = sorted({r.resource.canonical for r in request.app.router.routes() if r.resource is not None})
+    routes = sorted({r.resource.canonical for r in request.app.router.routes()
+                     if r.resource is not None and r.method != hdrs.METH_ANY})  # not the JSON 404/405 fallbacks
     items = "".join(f"<li><code>{path}</code></li>" for path in routes)
     return web.Response(
         text=f"<!doctype html><title>MTT call exporter</title><h1>MTT call exporter {__version__}</h1>"
@@ -608,8 +611,9 @@ class _Server(web.Server):
         idle longest (a keep-alive one waiting for its next request)."""
         if not self.max_connections or len(self._connections) < self.max_connections:
             return True
-        for handler in self._connections:  # oldest first
-            if getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None:
+        for handler in self._connections:  # oldest first; one already closing frees nothing more
+            if (getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None
+                    and not getattr(handler, "_force_close", True)):
                 handler.close()
                 handler.force_close()
                 return True
@@ -827,7 +831,7 @@ def create_app(
         metrics.track_state_file()
     if settings.record_path is not None:
         app[RECORDER] = Recorder(settings.record_path, settings.record_max_bytes, settings.record_keep)
-    app[REFUSALS] = RefusalLog(log)
+    app[REFUSALS], app[BUGS] = RefusalLog(log), RateLimitedLog(log)
     if settings.token is not None:
         _CLIENT_FAULTS.secrets.add(settings.token.get_secret_value())
     for path in ("/notify", "/notify/", "/notify/{token}", "/notify/{token}/"):  # MTT's URL as typed

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import ipaddress
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import Field, FilePath, IPvAnyNetwork, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliSettingsSource, NoDecode, SettingsConfigDict
 
 from .state import check_url
 from .statefile import MAX_AGE_SECONDS
@@ -17,6 +21,9 @@ from .statefile import MAX_AGE_SECONDS
 #: A repeatable flag (`--allow-cidr A --allow-cidr B`); in the environment a JSON list or
 #: comma-separated (`MTT_EXPORTER_ALLOW_CIDR=10.0.0.0/8,192.0.2.7`).
 Networks = Annotated[list[IPvAnyNetwork], NoDecode]
+
+
+ENV_PREFIX = "MTT_EXPORTER_"
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -31,7 +38,7 @@ class Settings(BaseSettings):
     """mtt-exporter: Prometheus exporter for MTT call-progress notifications."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MTT_EXPORTER_",
+        env_prefix=ENV_PREFIX,
         cli_prog_name="mtt-exporter",
         cli_kebab_case=True,
         cli_implicit_flags=True,
@@ -60,7 +67,7 @@ class Settings(BaseSettings):
     tls_cert: FilePath | None = Field(None, description="PEM certificate (chain) to serve the main listener over HTTPS.")
     tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert.")
     max_concurrent_requests: int = Field(256, ge=1, description="Notification requests processed at once once their body is in; more get 429 (overloaded).")
-    max_connections: int | None = Field(None, ge=1, description="Open connections accepted at once; beyond, the longest-idle one is closed or the new one gets 429 (too_many_connections). Default: the open-file limit (raised to its hard limit at start) less 128, at most 4096.")
+    max_connections: int | None = Field(None, ge=1, description="Open connections accepted at once; beyond, the longest-idle one is closed or the new one gets 429 (too_many_connections). Default: the open-file limit (raised to its hard limit at start) less 512, at most 4096.")
     read_timeout: float = Field(30.0, gt=0, description="Seconds to receive a request's headers and body (408 timeout), and to keep an idle connection.")
     event_loop: Literal["asyncio", "uvloop"] = Field("asyncio", description="Event loop; uvloop (pip install 'mtt-call-exporter[uvloop]') is faster.")
     state_backend: SecretStr | None = Field(
@@ -89,7 +96,9 @@ class Settings(BaseSettings):
     def _networks(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment
             text = value.strip()
-            return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+            value = json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        for item in value if isinstance(value, list) else ():
+            _host_bits(item)
         return value
 
     @model_validator(mode="after")
@@ -135,14 +144,100 @@ class Settings(BaseSettings):
         return value
 
 
+def _host_bits(item: object) -> None:
+    """'10.0.0.1/8' is refused by name: the host bits are set, and the network it meant is shown."""
+    if not isinstance(item, str) or "/" not in item:
+        return
+    try:
+        ipaddress.ip_network(item.strip())
+    except ValueError as error:
+        if "host bits set" not in str(error):
+            return  # not a network at all: pydantic says so
+        network = ipaddress.ip_network(item.strip(), strict=False)
+        address = item.strip().partition("/")[0]
+        raise ValueError(f"{item.strip()} has host bits set: the network is {network}"
+                         f" (or give the address {address} alone)") from None
+
+
+#: Metavars of the help (pydantic-settings would show the type: `{SecretStr,null}`).
+METAVARS = {
+    "listen": "HOST:PORT", "metrics_listen": "HOST:PORT", "token": "SECRET", "call_ttl": "SECONDS",
+    "max_calls": "N", "call_end_grace": "SECONDS", "max_body_bytes": "BYTES", "max_batch_items": "N",
+    "record": "FILE", "record_max_bytes": "BYTES", "record_keep": "N", "data_dir": "DIR", "state_file": "FILE",
+    "state_interval": "SECONDS", "allow_cidr": "CIDR", "trusted_proxy": "CIDR", "tls_cert": "FILE",
+    "tls_key": "FILE", "max_concurrent_requests": "N", "max_connections": "N", "read_timeout": "SECONDS", "state_backend": "URL",
+}
+
+USAGE = """%(prog)s [OPTION ...]
+       %(prog)s --version
+       %(prog)s simulate [--help] [OPTION ...]
+       %(prog)s replay [--help] [OPTION ...] FILE ...
+       %(prog)s healthcheck [--help]"""
+
+EPILOG = f"""\
+environment:
+  Every option is also read from {ENV_PREFIX}<OPTION> (upper case, '_' for '-'), e.g.
+  {ENV_PREFIX}CALL_TTL=3600; a flag wins over the variable. Pass secrets (--token,
+  --state-backend) this way: a flag shows in `ps`, in shell history and in make's echo.
+
+commands:
+  simulate   post simulated MTT call traffic to a running exporter and print, or --check,
+             the exact numbers it must show (mtt-exporter simulate --help)
+  replay     re-post bodies recorded with --record (mtt-exporter replay --help)
+  healthcheck
+             ask a running exporter's /-/healthy: a container's HEALTHCHECK
+             (mtt-exporter healthcheck --help)
+
+Without a command the exporter starts: POST /notify, GET /metrics, /-/healthy, /-/ready."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so `load` reports every problem the same way."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def _add_argument(parser: Any, *names: str, **kwargs: Any) -> Any:
+    dest = kwargs.get("dest", "")
+    if kwargs.get("metavar") is not None:
+        kwargs["metavar"] = METAVARS.get(dest, kwargs["metavar"])
+    help_text = kwargs.get("help")
+    if help_text and help_text != argparse.SUPPRESS and dest in Settings.model_fields:
+        kwargs["help"] = help_text.replace("(default: null)", "(default: unset)") + f" [env: {ENV_PREFIX}{dest.upper()}]"
+    return parser.add_argument(*names, **kwargs)
+
+
+def cli_source(args: list[str]) -> CliSettingsSource[Settings]:
+    """The command line of the exporter, with readable metavars, the environment variable of each
+    option and the commands in the help."""
+    parser = _Parser(prog="mtt-exporter", usage=USAGE, description=Settings.__doc__, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return CliSettingsSource(Settings, cli_parse_args=args, root_parser=parser, add_argument_method=_add_argument)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each MTT_EXPORTER_* variable that is no option (it would be ignored),
+    naming the closest option."""
+    known = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for name in sorted(environ):
+        option = name.upper().removeprefix(ENV_PREFIX)
+        if name.upper().startswith(ENV_PREFIX) and option not in known:
+            close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)  # the prefix would match anything
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            warnings.append(f"{name} is not an option and is ignored{hint}")
+    return warnings
+
+
 def load(argv: list[str] | None = None) -> Settings:
     """Settings from flags and environment; on any invalid value print every error and exit 1."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        return Settings(_cli_parse_args=args)  # type: ignore[call-arg]
+        return Settings(_cli_settings_source=cli_source(args))  # type: ignore[call-arg]
     except ValidationError as error:
         lines = [
-            f"  --{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" if e["loc"]
+            f"  --{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}" if e["loc"]
             else f"  {e['msg'].removeprefix('Value error, ')}"  # a rule across options
             for e in error.errors()
         ]

@@ -631,12 +631,18 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="mtt-exporter simulate",
-        description="Post simulated MTT call traffic and print (or --check) exactly what the exporter must show.",
+        description="Post simulated MTT call traffic to a running exporter's /notify and print (or, with "
+        "--check, compare with its /metrics) exactly the numbers the exporter must show. Event times start "
+        "at --start ('now' by default) and run --speed times faster than the sending. Exit status: 0 as expected, 1 unexpected answers or differences, 2 the "
+        "exporter could not be scraped.",
+        epilog=f"example: {TOKEN_ENV}=s3cret mtt-exporter simulate --calls 200 --check",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--url", default=DEFAULT_URL, help="notify URL")
-    parser.add_argument("--metrics-url", help="scraped by --check (default: /metrics on the --url's host)")
-    parser.add_argument("--token", help=f"sent as Bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--url", default=DEFAULT_URL, metavar="URL", help="notify URL")
+    parser.add_argument("--metrics-url", metavar="URL",
+                        help="scraped by --check (default: /metrics on the --url's host; give the --metrics-listen "
+                        "address of an exporter that has one)")
+    parser.add_argument("--token", metavar="SECRET", help=f"sent as Bearer token (default: ${TOKEN_ENV})")
     parser.add_argument("--duration", type=float, help="seconds of sending: sets --calls to rate x duration")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
     parser.add_argument("--truth", type=Path, metavar="FILE", help="write the expected samples as JSON")
@@ -685,6 +691,15 @@ def summary_table(truth: Truth) -> Table:
     return table
 
 
+def scrape_failure(url: str, error: BaseException, derived: bool) -> str:
+    """Why /metrics could not be read; a 404 on the URL derived from --url suggests --metrics-url."""
+    message = f"mtt-exporter simulate: cannot scrape {url}: {error}"
+    if derived and getattr(error, "status", None) == 404:
+        message += ("\n  an exporter started with --metrics-listen serves /metrics only on that listener: "
+                    "pass --metrics-url http://HOST:PORT/metrics")
+    return message
+
+
 async def _run(config: SimConfig, args: argparse.Namespace, console: Console) -> int:
     from .replay import auth_headers, metrics_url_for, post_all, progress_bar, scrape
 
@@ -694,7 +709,7 @@ async def _run(config: SimConfig, args: argparse.Namespace, console: Console) ->
         try:
             baseline = await scrape(metrics_url)
         except Exception as error:  # noqa: BLE001 - any failure to reach the exporter ends the run
-            console.print(f"mtt-exporter simulate: cannot scrape {metrics_url}: {error}")
+            console.print(scrape_failure(metrics_url, error, args.metrics_url is None), markup=False, highlight=False)
             return 2
     simulation = Simulation(config)
     with progress_bar(console) as progress:
@@ -715,6 +730,11 @@ async def _run(config: SimConfig, args: argparse.Namespace, console: Console) ->
     failures = stats.failures(lambda kind: EXPECTED_STATUS[kind])
     if failures:
         out.print(f"{failures} requests did not get the expected answer (see the table)")
+    if stats.all_refused():
+        for line in stats.refusal_lines():
+            out.print(line, markup=False, highlight=False)
+        out.print("every request was refused: nothing to check", markup=False, highlight=False)
+        return 1
     if not args.check:
         return 1 if failures else 0
     with console.status(f"waiting {args.wait:g} s for the exporter's grace period"):
@@ -723,7 +743,7 @@ async def _run(config: SimConfig, args: argparse.Namespace, console: Console) ->
         try:
             problems = diff(truth, await scrape(metrics_url), baseline)
         except Exception as error:  # noqa: BLE001 - the exporter went away during the run
-            console.print(f"mtt-exporter simulate: cannot scrape {metrics_url}: {error}")
+            console.print(scrape_failure(metrics_url, error, args.metrics_url is None), markup=False, highlight=False)
             return 2
         if not problems:
             break

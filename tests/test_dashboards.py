@@ -66,6 +66,11 @@ def test_config_reaches_every_artefact(tmp_path):
         assert board["links"][0]["tags"] == ["noc"]
         assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "cluster", "job", "instance"]
     exprs = [expr for board in boards.values() for _, expr in queries(board)]
+    exprs += [v["query"]["query"] for board in boards.values() for v in board["templating"]["list"]
+              if v["type"] == "query"]
+    for selector in (s for e in exprs for s in re.findall(r"\{([^}]*)\}", e)):
+        matchers = [m.strip() for m in selector.split(",")]
+        assert len(matchers) == len(set(matchers)), selector
     assert not any(re.search(r"by \(job\b", e) for e in exprs)
     assert any("by (cluster, job)" in e for e in exprs)
 

@@ -17,7 +17,7 @@ import pytest
 from mtt_exporter import correlator as correlator_module
 from mtt_exporter.correlator import Correlator
 from mtt_exporter.log import RateLimitedLog, RefusalLog, mask_secrets
-from mtt_exporter.model import MAX_FIELD_LENGTH, MAX_ID_LENGTH, parse
+from mtt_exporter.model import MAX_FIELD_LENGTH, MAX_ID_LENGTH, PayloadError, Reason, parse
 from mtt_exporter.server import REFUSALS as REFUSALS_KEY, _loop_errors
 
 from .conftest import NOW
@@ -108,7 +108,18 @@ async def test_a_failure_while_applying_keeps_nothing_and_answers_4xx(make_clien
         assert (await client.post("/notify", json=item)).status == 200
     await asyncio.sleep(0)
     assert value(app, "mtt_calls_tracked") == 1
-    assert "failed on a notification" in caplog.text
+    bug = [r for r in caplog.records if r.getMessage() == "failed on a notification"]
+    assert len(bug) == 1 and bug[0].exc_info is not None  # logged by the exporter, with the traceback
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp")]  # not aiohttp's unhandled error
+
+
+async def test_a_failure_outside_the_items_is_answered_by_the_exporter(make_client, monkeypatch, caplog):
+    client, app = await make_client()
+    monkeypatch.setattr("mtt_exporter.server.decode", lambda body, content_type: 1 / 0)
+    response = await client.post("/notify", json=_o())
+    assert response.status == 400 and (await response.json())["reason"] == "internal"
+    assert rejected(app, "internal") == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["failed on a request"]
 
 
 #: README, Security: bytes a call holds whatever its fields, as measured here.
@@ -124,6 +135,13 @@ def _hostile_call(i: int) -> list[dict]:
     return [{"h323_conf_id": conf, "event": {"type": code, **({"side": side} if side else {})}, "date_time": NOW - 100 + j,
              "numberA": a, "redirect_number": b, "sip_id": sip, "client_id": "9" * MAX_FIELD_LENGTH}
             for j, (code, side) in enumerate(steps)]
+
+
+def test_a_week_ahead_is_the_limit():
+    assert parse(_o(date_time=NOW + 7 * 86400), NOW).time == NOW + 7 * 86400
+    with pytest.raises(PayloadError) as refused:
+        parse(_o(date_time=NOW + 7 * 86400 + 1), NOW)
+    assert refused.value.reason is Reason.IMPLAUSIBLE_TIME
 
 
 def test_bytes_per_call_stay_bounded_whatever_the_fields():
@@ -162,7 +180,7 @@ IMPLAUSIBLE = {
     "year 9999 in data": {"h323_conf_id": CONF, "data": "event=o_79000000001_9999-12-31-23-59-59"},
     "year 0001 in data": {"h323_conf_id": CONF, "data": "event=o_79000000001_0001-01-01-00-00-00"},
     "before MTT: 1999": {"h323_conf_id": CONF, "data": "event=o_79000000001_1999-12-31-23-59-59"},
-    "two days after receipt": _o(date_time=NOW + 2 * 86400),
+    "eight days after receipt": _o(date_time=NOW + 8 * 86400),
     "ISO 8601 year 9999": _o(date_time="9999-01-01T00:00:00Z"),
     "ISO 8601 year 0001": _o(date_time="0001-01-01T00:00:00+03:00"),
 }
@@ -410,8 +428,9 @@ async def test_an_idle_connection_makes_room_for_a_new_one(make_client):
         w.close()
 
 
-def test_accept_failures_at_the_fd_limit_are_one_line(caplog):
+def test_accept_failures_at_the_fd_limit_are_one_line(caplog, monkeypatch):
     caplog.set_level("INFO")
+    monkeypatch.setattr("mtt_exporter.server._ACCEPT_ERRORS", RateLimitedLog(logging.getLogger("mtt_exporter")))
     loop = asyncio.new_event_loop()
     try:
         for _ in range(10_000):
@@ -464,3 +483,89 @@ async def test_requests_pipelined_ahead_of_garbage_are_served(make_client, segme
     assert answer.count(b" 400 Bad Request\r\n") == 1 and b'"reason": "malformed"' in answer
     assert value(app, "mtt_call_attempts_total") == 1
     assert rejected(app, "malformed") == 1
+
+
+# --- the class: whatever text a sender puts anywhere, what is kept is bounded and encodable ----------
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+_TEXT = st.one_of(st.text(st.characters(exclude_categories=()), max_size=300), st.text(st.sampled_from("79\ud800\udfff\x00\x1b \t\u200b+-()"), max_size=80),
+                  st.integers(), st.floats(), st.none())
+_NUMBER_TEXT = st.text(st.sampled_from("79\ud800\udfff\x00\x1b \t\u200b+-()_&="), max_size=80)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(conf=_TEXT, redirect=_TEXT, number_a=_TEXT, sip=_TEXT, cause=_TEXT,
+       date_time=st.one_of(st.just(NOW - 10), _TEXT), data_number=st.one_of(st.none(), _NUMBER_TEXT),
+       kind=st.sampled_from(["o", "s", "h", "sp", "ep", "t"]),
+       side=st.one_of(st.none(), st.sampled_from(["A", "B"]), _TEXT))
+def test_whatever_the_fields_what_is_kept_is_bounded_and_encodable(conf, redirect, number_a, sip, cause, date_time,
+                                                                     data_number, kind, side):
+    item = {"h323_conf_id": conf, "redirect_number": redirect, "numberA": number_a, "sip_id": sip, "cause": cause,
+            "date_time": date_time, "event": {"type": kind, "side": side}}
+    if data_number is not None:
+        item["data"] = f"event={kind}_{data_number}_2025-12-31-23-00-00"
+    try:
+        n = parse(item, NOW)
+    except PayloadError:
+        return
+    for text in (n.conf_id, n.redirect_number, n.number_a, n.sip_id):
+        assert len(text) <= MAX_ID_LENGTH and (text.isprintable() or not text)
+        text.encode("utf-8")  # never a lone surrogate: exemplars, dedup keys and logs encode it
+    assert 946_684_800 <= n.time <= NOW + 7 * 86400
+    correlator_module.dedup_key(n)
+
+
+# --- 6, with a real process at a low fd limit ----------------------------------------------------------
+
+def test_at_the_fd_limit_connections_are_bounded_and_the_log_stays_quiet(tmp_path):
+    import http.client
+    import resource
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .process import ROOT, free_port
+
+    port, log = free_port(), tmp_path / "log"
+
+    def low_fd_limit() -> None:  # soft = hard: the exporter cannot raise it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700))
+
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{port}"],
+                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=low_fd_limit)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):  # bounded wait for the listener
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                break
+            except OSError:
+                time.sleep(0.05)
+        if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+            pytest.skip("this process cannot open 1,000 sockets")
+        for _ in range(999):  # 1.4 times the fd limit, silent: before the fix, EMFILE and a traceback per retry
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(1.0)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", "/notify", json.dumps(_o(date_time=int(time.time()) - 5)),
+                           {"Content-Type": "application/json"})
+        assert connection.getresponse().status == 200  # an idle connection made room
+        connection.close()
+    finally:
+        for sock in held:
+            sock.close()
+        process.terminate()
+        process.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text, text[:2000]
+    assert len(text) < 2000, text[:2000]
+
+
+async def test_index_lists_the_endpoints_not_the_fallbacks(make_client):
+    client, _ = await make_client()
+    page = await (await client.get("/")).text()
+    assert "<code>/notify</code>" in page and "<code>/metrics</code>" in page
+    assert "{path}" not in page

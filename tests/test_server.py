@@ -7,10 +7,12 @@ import gzip
 import json
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtt_exporter.log import TextFormatter
-from mtt_exporter.server import METRICS, READY, create_metrics_app, decode, tick
+from mtt_exporter.server import METRICS, READY, create_app, create_metrics_app, decode, tick
+from mtt_exporter.settings import Settings
 
 
 def logged(caplog) -> str:
@@ -75,8 +77,12 @@ async def test_batch_with_bad_items_records_the_good_ones(make_client, seed_call
     pytest.param([b"{not json"], False, id="refused"),
     pytest.param([[42]], False, id="batch of bad items"),
 ])
-async def test_last_notification_timestamp(make_client, seed_call, clock, bodies, stamped):
-    client, app = await make_client()
+async def test_last_notification_timestamp(aiohttp_client, seed_call, clock, bodies, stamped):
+    # the wall clock steps an hour ahead of the process clock: the gauge is compared with
+    # Prometheus' time(), so it must be the wall clock's receipt time
+    app = create_app(Settings(_cli_parse_args=[]), registry=CollectorRegistry(), clock=clock, monotonic=lambda: 0.0)
+    client = await aiohttp_client(app)
+    clock.now += 3600
     assert value(app, "mtt_last_notification_timestamp_seconds") == 0
     for body in bodies:
         if isinstance(body, bytes):

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from mtt_exporter.log import JsonFormatter, TextFormatter
-from mtt_exporter.settings import Settings, load, split_host_port
+from mtt_exporter import __main__ as cli, state
+from mtt_exporter.settings import Settings, load, split_host_port, unknown_variables
 
 
 def test_flags_and_environment(monkeypatch):
@@ -100,7 +101,10 @@ def test_network_lists(monkeypatch, args, env, expected):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["--allow-cidr", "10.0.0.1/8"], "--allow-cidr", id="host bits set"),
+        pytest.param(["--allow-cidr", "10.0.0.1/8"], "--allow-cidr: 10.0.0.1/8 has host bits set: the network is 10.0.0.0/8",
+                     id="host bits set"),
+        pytest.param(["--trusted-proxy", "2001:db8::1/32"], "has host bits set: the network is 2001:db8::/32",
+                     id="host bits set, IPv6"),
         pytest.param(["--trusted-proxy", "proxy.local"], "--trusted-proxy", id="a name, not a network"),
         pytest.param(["--tls-cert", __file__], "--tls-cert and --tls-key go together", id="cert without key"),
         pytest.param(["--tls-cert", "/no/such.pem", "--tls-key", "/no/such.pem"], "--tls-key", id="missing files"),
@@ -122,3 +126,55 @@ def test_state_file_is_taken_from_the_data_dir(tmp_path):
     assert load(["--state-file", str(tmp_path / "s.json")]).state_path == tmp_path / "s.json"
     assert load([]).state_path is None
     assert load(["--data-dir", str(tmp_path), "--record", "bodies.jsonl"]).record_path == tmp_path / "bodies.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("present", "absent"),
+    [
+        pytest.param(["mtt-exporter simulate", "mtt-exporter replay", "mtt-exporter healthcheck", "--version"], [],
+                     id="names the commands"),
+        pytest.param(["[env: MTT_EXPORTER_TOKEN]", "[env: MTT_EXPORTER_STATE_BACKEND]", "MTT_EXPORTER_<OPTION>"], [],
+                     id="names the variables"),
+        pytest.param(["--token SECRET", "--state-backend URL", "--allow-cidr CIDR", "--call-ttl SECONDS",
+                      "(default: unset)"], ["SecretStr", "null", "IPvAnyNetwork", "{Path", "{float"],
+                     id="readable metavars"),
+    ],
+)
+def test_help_stands_on_its_own(capsys, present, absent):
+    with pytest.raises(SystemExit) as caught:
+        load(["--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # as wrapped for any terminal width
+    assert all(text in out for text in present), out
+    assert not [text for text in absent if text in out]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({"MTT_EXPORTER_CALL_TTLL": "60"},
+                     ["MTT_EXPORTER_CALL_TTLL is not an option and is ignored; did you mean MTT_EXPORTER_CALL_TTL?"],
+                     id="one letter too many"),
+        pytest.param({"mtt_exporter_tokn": "x"}, ["mtt_exporter_tokn is not an option and is ignored; did you mean "
+                                                   "MTT_EXPORTER_TOKEN?"], id="lower case"),
+        pytest.param({"MTT_EXPORTER_ALLOWED_CIDRS": "x"}, ["MTT_EXPORTER_ALLOWED_CIDRS is not an option and is ignored; "
+                                                         "did you mean MTT_EXPORTER_ALLOW_CIDR?"], id="plural"),
+        pytest.param({"MTT_EXPORTER_XYZZY": "1"}, ["MTT_EXPORTER_XYZZY is not an option and is ignored"], id="nothing close"),
+        pytest.param({"MTT_EXPORTER_TOKEN": "x", "MTT_EXPORTER_LOG_LEVEL": "debug", "HOME": "/root"}, [],
+                     id="known ones and others"),
+    ],
+)
+def test_misspelt_variables_are_named(environ, expected):
+    assert unknown_variables(environ) == expected
+
+
+def test_start_warns_of_misspelt_variables_and_a_missing_redis_client(monkeypatch, capsys):
+    monkeypatch.setenv("MTT_EXPORTER_CALL_TTLL", "60")
+    monkeypatch.setattr(state, "aioredis", None)  # as without the `redis` extra
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--state-backend", "redis://127.0.0.1:9/0"])
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert "did you mean MTT_EXPORTER_CALL_TTL?" in err
+    assert "pip install 'mtt-call-exporter[redis]'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections import Counter
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from mtt_exporter.replay import SendStats
 from mtt_exporter.server import RECORDER, create_app
 from mtt_exporter.settings import Settings
 from mtt_exporter.simulate import SimConfig, diff, generate
@@ -97,6 +100,59 @@ async def test_replay_refuses_a_file_that_is_not_a_recording(tmp_path):
     assert code == 2 and "x.jsonl:1" in out
 
 
+@pytest.mark.parametrize(
+    ("tool", "expected"),
+    [
+        pytest.param(["replay", "--as-fast-as-possible"], "every body was refused", id="replay"),
+        pytest.param(["simulate", "--calls", "5", "--rate", "400", "--check", "--wait", "0"],
+                     "every request was refused", id="simulate --check"),
+    ],
+)
+async def test_every_request_refused_exits_1_naming_the_token(tmp_path, seed_call, monkeypatch, tool, expected):
+    monkeypatch.delenv("MTT_EXPORTER_TOKEN", raising=False)
+    path = tmp_path / "rec.jsonl"
+    path.write_text(json.dumps({"time": NOW, "body": json.dumps(seed_call[0])}) + "\n")
+    server = await live_exporter(token="s3cret")
+    try:
+        args = [tool[0], *([str(path)] if tool[0] == "replay" else []), *tool[1:], "--url", str(server.make_url("/notify"))]
+        code, out = await run_tool(*args)
+        assert code == 1, out
+        assert "answered 401: wrong or missing token" in out and expected in out
+    finally:
+        await server.close()
+
+
+async def test_simulate_check_suggests_metrics_url_when_metrics_are_elsewhere():
+    server = await live_exporter(metrics_listen="127.0.0.1:1")  # not started: /metrics is not on the main port
+    try:
+        code, out = await run_tool("simulate", "--url", str(server.make_url("/notify")), "--check", "--calls", "1")
+        assert code == 2, out
+        assert "404" in out and "--metrics-url" in out
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize(
+    ("results", "all_refused", "lines"),
+    [
+        pytest.param({("event", "401"): 3}, True, ["3 answered 401: wrong or missing token: give --token or $MTT_EXPORTER_TOKEN"],
+                     id="only 401"),
+        pytest.param({("event", "200"): 5, ("recorded", "400"): 2}, False,
+                     ["2 answered 400: bodies refused as invalid (a recording holds the rejected bodies too)"],
+                     id="some refused"),
+        pytest.param({("event", "403"): 1, ("event", "429"): 2}, True,
+                     ["2 answered 429: the exporter is overloaded (--max-concurrent-requests): lower --concurrency",
+                      "1 answered 403: this address is outside the exporter's --allow-cidr"], id="mixed, most first"),
+        pytest.param({("event", "ClientConnectorError"): 1}, True, [], id="transport errors only"),
+        pytest.param({("event", "200"): 1}, False, [], id="all accepted"),
+    ],
+)
+def test_refusals_summarised_by_status(results, all_refused, lines):
+    stats = SendStats(results=Counter(results), sent=sum(results.values()))
+    assert stats.all_refused() is all_refused
+    assert stats.refusal_lines() == lines
+
+
 async def test_replay_skips_a_torn_line_and_says_so(tmp_path, seed_call):
     # what a full disk left in a recording of the old writer: half a line glued to the next
     lines = [json.dumps({"time": NOW + i, "content_type": "application/json", "body": json.dumps(n)}) for i, n in enumerate(seed_call)]
@@ -110,3 +166,21 @@ async def test_replay_skips_a_torn_line_and_says_so(tmp_path, seed_call):
         assert f"{len(seed_call) - 2} requests" in out
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize(
+    ("tool", "present"),
+    [
+        pytest.param("replay", ["Exit status 1", "every body was refused", "--token SECRET", "MTT_EXPORTER_TOKEN",
+                                "example:"], id="replay"),
+        pytest.param("simulate", ["Exit status", "--metrics-url URL", "--metrics-listen", "--token SECRET",
+                                  "MTT_EXPORTER_TOKEN", "example:"], id="simulate"),
+    ],
+)
+def test_tool_help_stands_on_its_own(capsys, tool, present):
+    module = __import__(f"mtt_exporter.{tool}", fromlist=["main"])
+    with pytest.raises(SystemExit) as caught:
+        module.main(["--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert [text for text in present if text not in out] == []
