@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import resource
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError, _ErrInfo
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
@@ -70,11 +71,11 @@ RETRY_AFTER = 1
 FD_RESERVE = 128 + 3 * 128
 #: Most connections by default, whatever the fd limit: each may buffer a request head
 #: (MAX_HEAD_BYTES) and a read buffer, see README "Memory bound of the HTTP side".
-DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_CONNECTIONS = 512
 #: Bounds of a request head, checked by aiohttp's parser as it arrives (400 malformed beyond):
 #: the request line, each header line, and the number of headers. Prometheus, MTT and the
 #: probes send a few short headers; a header flood buffers at most ~MAX_HEAD_BYTES a connection.
-MAX_LINE_BYTES = 4096
+MAX_LINE_BYTES = 2048
 MAX_HEADERS = 32
 MAX_HEAD_BYTES = MAX_LINE_BYTES * (MAX_HEADERS + 1)
 
@@ -584,6 +585,12 @@ _TOO_MANY_CONNECTIONS = (
                                   "error": "too many open connections; try again"}).encode())), body)
 
 
+#: Kernel send buffer of a connection (Linux doubles it): a /metrics answer fits many times over.
+SEND_BUFFER_BYTES = 64 * 1024
+
+#: Requests pipelined on a connection queued unanswered at most; reading pauses beyond.
+PIPELINED = 2
+
 #: Bytes at the start of a connection kept to recover requests pipelined before garbage.
 SALVAGE_BYTES = 16 * 1024
 
@@ -595,8 +602,18 @@ class _Handler(RequestHandler):
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._parser_options = {k: kwargs[k] for k in ("max_line_size", "max_field_size", "max_headers") if k in kwargs}
+        # fewer pipelined requests queued unanswered (aiohttp: 32), each body buffered up to
+        # 2 x read_bufsize before reading pauses: bounds a connection's memory
+        with contextlib.suppress(TypeError):  # another aiohttp: its own queue
+            self._parser = HttpRequestParser(
+                self, self._loop, self._read_bufsize, payload_exception=RequestPayloadError,
+                auto_decompress=kwargs.get("auto_decompress", True), max_msg_queue_size=PIPELINED,
+                **self._parser_options)
+            self._max_msg_queue_size, self._msg_queue_resume_size = PIPELINED, PIPELINED // 2
         #: the bytes received so far, while fewer than SALVAGE_BYTES; None after
         self._seen: bytearray | None = bytearray()
+        #: an unparsable request was queued: the rest of the connection's bytes are dropped
+        self._broken = False
         #: closes the connection when a response write stalls (the client reads nothing)
         self._stalled: asyncio.TimerHandle | None = None
 
@@ -642,7 +659,11 @@ class _Handler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         """aiohttp's parser drops every request of a segment when one in it is unparsable:
-        parse the connection's bytes again piece by piece and queue the requests before it."""
+        parse the connection's bytes again piece by piece and queue the requests before it.
+        After an unparsable request nothing more is read: the connection ends with its 400, and
+        aiohttp's parser would queue one more error (holding the data) for every further read."""
+        if self._broken:
+            return
         seen = self._seen
         if seen is not None:
             if len(seen) + len(data) > SALVAGE_BYTES:
@@ -651,6 +672,8 @@ class _Handler(RequestHandler):
                 seen += data
         before = self._request_count
         super().data_received(data)
+        if self._messages and isinstance(self._messages[-1][0], _ErrInfo):
+            self._broken = True
         if seen is None or self._request_count != before + 1 or not self._messages:
             return
         if not isinstance(self._messages[-1][0], _ErrInfo):
@@ -667,7 +690,7 @@ class _Handler(RequestHandler):
         """The complete requests in `data` after the first `skip`, up to the unparsable one."""
         try:
             parser = HttpRequestParser(self, self._loop, self._read_bufsize, payload_exception=RequestPayloadError,
-                                       max_msg_queue_size=MAX_MSG_QUEUE_SIZE, **self._parser_options)
+                                       max_msg_queue_size=PIPELINED, **self._parser_options)
         except TypeError:  # another aiohttp: no salvage
             return []
         messages: list[Any] = []
@@ -689,6 +712,11 @@ class _Handler(RequestHandler):
             transport.close()
             self._manager = None  # never registered: connection_lost has nothing to undo
             return
+        # a small kernel send buffer: a client that reads nothing stalls our writes (and is
+        # dropped, see pause_writing) after ~SEND_BUFFER_BYTES of answers, not megabytes
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         super().connection_made(transport)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
