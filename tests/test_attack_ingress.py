@@ -386,3 +386,60 @@ def test_refusal_flood_at_info_writes_almost_nothing_and_scrapes_parse(tmp_path:
         assert TOKEN not in exporter.log()
     finally:
         exporter.stop()
+
+
+# --- fixed: the classes behind the findings -----------------------------------------------------
+
+
+def test_bodies_in_flight_share_one_memory_budget(tmp_path: Path) -> None:
+    """A body that would take --max-buffered-bytes past its bound gets a JSON 429, not memory."""
+    exporter = Exporter(tmp_path, "--max-body-bytes", "1024", "--max-buffered-bytes", "1024",
+                        "--read-timeout", "5").start()
+    try:
+        with socket.create_connection(("127.0.0.1", exporter.port)) as held:
+            held.sendall(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")  # reserves 1000 B
+            time.sleep(0.3)
+            answer = exchange(exporter.port, post_raw(b"/notify", json.dumps(notification("BUDGET1")).encode()))
+            assert answer.startswith(b"HTTP/1.1 429"), answer[:300]
+            assert b'"overloaded"' in answer
+        time.sleep(0.3)  # the held body is gone: its bytes are free again
+        status, body = exporter.post(notification("BUDGET2"))
+        assert status == 200, body
+    finally:
+        exporter.stop()
+
+
+HEADS = [
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 3000 + b"\r\n\r\n", id="header-line-too-long"),
+    pytest.param(b"GET /-/healthy HTTP/1.1\r\n" + b"".join(b"X-%02d: a\r\n" % i for i in range(40)) + b"\r\n",
+                 id="too-many-headers"),
+    pytest.param(b"GET /-/healthy?" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="request-line-too-long"),
+]
+
+
+@pytest.mark.parametrize("request_bytes", HEADS)
+def test_heads_over_the_bounds_are_malformed(exporter: Exporter, request_bytes: bytes) -> None:
+    answer = exchange(exporter.port, request_bytes)
+    assert answer.split(b" ")[1] == b"400", answer[:300]
+    assert b'"malformed"' in answer
+
+
+def test_our_own_tracebacks_are_rate_limited() -> None:
+    """A bug any client can trigger (aiohttp logs it with a traceback) writes one per interval."""
+    import logging
+
+    from mtt_exporter.server import _ClientFaults
+
+    faults = _ClientFaults()
+
+    def record() -> logging.LogRecord:
+        try:
+            raise KeyError("bug")
+        except KeyError:
+            import sys
+            return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", None,
+                                     sys.exc_info())
+
+    passed = [faults.filter(record()) for _ in range(50)]
+    assert passed[0] and not any(passed[1:])
+    assert faults.suppressed == 49
