@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image demo pictures
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench bench-state lock image demo pictures
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -35,9 +35,20 @@ demo: $(VENV)/.installed
 pictures: $(VENV)/.test-installed system-deps
 	$(PY) scripts/render_dashboards.py $(ARGS)
 
-# The benchmarks of BENCHMARKS.md (minutes; needs wrk and taskset). ARGS="--only render" etc.
+# The benchmarks of BENCHMARKS.md (minutes; needs wrk, taskset and valgrind). ARGS="--only render" etc.
+# BASELINE=dir: an older checkout measured beside this one (git archive b0344c1 | tar -x -C dir).
+BASELINE ?=
 bench: $(VENV)/.test-installed system-deps
-	$(PY) bench/run.py $(ARGS)
+	$(PY) bench/run.py $(if $(BASELINE),--baseline-path $(BASELINE)) $(ARGS)
+	$(PY) bench/callgrind.py --out bench/callgrind.json
+	$(PY) bench/callgrind.py --loop uvloop --out bench/callgrind-uvloop.json
+	$(if $(BASELINE),$(PY) bench/callgrind.py --kinds exporter --exporter-path $(BASELINE) --out bench/callgrind-baseline.json)
+	$(MAKE) bench-state
+
+# BENCHMARKS.md, *Shared state on Redis*: loopback vs memory, and Redis 200 ms away (~5 min).
+bench-state: $(VENV)/.test-installed system-deps
+	$(PY) bench/state_backend.py --duration 5 --rounds 3
+	$(PY) bench/state_backend.py --rtt 0.2 --calls 1500 --rounds 3
 
 # deploy/requirements.lock: every package of the image, pinned with hashes (the Dockerfile
 # installs only it). Rerun after changing dependencies; ARGS=--upgrade moves every pin.

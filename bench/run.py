@@ -32,6 +32,10 @@ from typing import Any, Iterator
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if "--exporter-path" in sys.argv[:-1] and "PYTHONPATH" not in os.environ:
+    # the other checkout in this process too (render, memory), not only in the servers
+    _other = str(Path(sys.argv[sys.argv.index("--exporter-path") + 1]).resolve())
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONPATH": _other})
 sys.path.append(str(ROOT))  # after PYTHONPATH: --exporter-path can take precedence
 
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
@@ -66,9 +70,18 @@ def pinned(cpu: str, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else cmd
 
 
-def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
+#: What Prometheus 3 asks for when it scrapes (its default scrape protocols), and gzip.
+SCRAPE_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+              "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+              "text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "Accept-Encoding": "gzip",
+}
+
+
+def get(url: str, timeout: float = 30, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return response.status, response.read()
     except OSError:
         return 0, b""
@@ -145,16 +158,22 @@ def loops(a: argparse.Namespace) -> list[str]:
     return ["asyncio"] if a.exporter_path else ["asyncio", "uvloop"]  # older checkouts lack --event-loop
 
 
+def baseline_env(a: argparse.Namespace) -> dict[str, str]:
+    """Environment of the --baseline-path exporter (an older checkout, e.g. `git archive b0344c1`)."""
+    return {**os.environ, "PYTHONPATH": str(a.baseline_path.resolve())}
+
+
 def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    kinds = ["bare", "exporter"] + (["baseline"] if a.baseline_path else [])
     for loop in loops(a):
-        rps: dict[str, list[float]] = {"bare": [], "exporter": []}
-        cpu: dict[str, list[float]] = {"bare": [], "exporter": []}
+        rps: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(a.rounds):
-            for kind in rps:  # alternate, so drift of the machine hits both alike
+            for kind in kinds:  # alternate, so drift of the machine hits all alike
                 port = free_port()
-                env = exporter_env(a) if kind == "exporter" else None
-                with server(kind, port, env=env, loop=loop) as process:
+                env = exporter_env(a) if kind == "exporter" else baseline_env(a) if kind == "baseline" else None
+                with server("exporter" if kind == "baseline" else kind, port, env=env, loop=loop) as process:
                     wrk(port, min(2, a.seconds), bodies)  # warm-up
                     r = measured(process, port, a.seconds, bodies)
                     if r["errors"] or r["non2xx"]:
@@ -169,6 +188,12 @@ def bench_throughput(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
             "ratio_cpu_median": statistics.median(cpu["bare"]) / statistics.median(cpu["exporter"]),
             "ratio_cpu_best": min(cpu["bare"]) / min(cpu["exporter"]),
         }
+        if a.baseline_path:
+            out[loop].update({
+                "baseline_rps": rps["baseline"], "baseline_cpu_us_per_request": cpu["baseline"],
+                "baseline_ratio_rps_best": max(rps["baseline"]) / max(rps["bare"]),
+                "baseline_ratio_cpu_median": statistics.median(cpu["bare"]) / statistics.median(cpu["baseline"]),
+            })
     return out
 
 
@@ -220,7 +245,7 @@ def bench_record(a: argparse.Namespace, bodies: Path) -> dict[str, Any]:
 
 
 class Scraper(threading.Thread):
-    """GET /metrics every second; keeps the durations."""
+    """GET /metrics every second as Prometheus does (OpenMetrics, gzip); keeps the durations."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
@@ -232,7 +257,7 @@ class Scraper(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             start = time.perf_counter()
-            status, body = get(self.url)
+            status, body = get(self.url, headers=SCRAPE_HEADERS)
             if status == 200:
                 self.seconds.append(time.perf_counter() - start)
                 self.size = len(body)
@@ -278,8 +303,8 @@ def _latency_run(a: argparse.Namespace, bodies: Path, filler: int, scrapes: bool
 # --- 3. /metrics rendering ------------------------------------------------------------------------
 
 
-def exporter_registry(series: int) -> CollectorRegistry:
-    """The exporter's registry after some traffic, filled to about `series` samples."""
+def exporter_registry(series: int) -> tuple[CollectorRegistry, Metrics]:
+    """The exporter's registry, filled to about `series` samples."""
     from mtt_exporter.server import default_registry
 
     registry = default_registry()
@@ -288,24 +313,63 @@ def exporter_registry(series: int) -> CollectorRegistry:
     metrics.track(correlator.__len__)
     own = count_series(generate_latest(registry))
     add_filler(registry, max(0, series - own))
-    return registry
+    return registry, metrics
+
+
+def renderer() -> Any:
+    """The exporter's renderer (#11), or prometheus_client's for checkouts before it."""
+    from mtt_exporter import metrics
+
+    return getattr(metrics, "render", generate_latest)
+
+
+def ingest(metrics: Metrics, notifications: list[Notification], now: float) -> None:
+    """What a second of ingestion records: the notifications and the correlator's facts."""
+    correlator = Correlator()
+    for n in notifications:
+        duplicate, facts = correlator.apply(n, now)
+        metrics.record_notification(n, now, duplicate)
+        metrics.record_facts(facts)
 
 
 def count_series(exposition: bytes) -> int:
     return sum(1 for line in exposition.splitlines() if line and not line.startswith(b"#"))
 
 
-def bench_render(a: argparse.Namespace) -> dict[str, Any]:
+def bench_render(a: argparse.Namespace, bodies: Path | None) -> dict[str, Any]:
+    """Median of five renders: "cold" formats every series (the first scrape), "warm" a scrape
+    after a second of ingestion (5,000 notifications), when only what changed is formatted again."""
+    from mtt_exporter.model import parse
+
+    render = renderer()
+    lines = bodies.read_bytes().splitlines()[:5000] if bodies else []
+    second = [parse(json.loads(line)) for line in lines]
     out = {}
     for target in a.render_series:
-        registry = exporter_registry(target)
-        text = generate_latest(registry)
-        times = []
+        cold, warm, warm_gzip = [], [], []
         for _ in range(5):
+            registry, metrics = exporter_registry(target)
             start = time.perf_counter()
-            generate_latest(registry)
-            times.append(time.perf_counter() - start)
-        out[str(target)] = {"series": count_series(text), "seconds_median": statistics.median(times),
+            text = render(registry)
+            cold.append(time.perf_counter() - start)
+            ingest(metrics, second, 1_767_225_600.0)
+            start = time.perf_counter()
+            text = render(registry)
+            warm.append(time.perf_counter() - start)
+            if render is not generate_latest:  # the same as prometheus_client's (but process_*: it changes)
+                own = [line for line in text.splitlines() if not line.startswith((b"process_", b"# HELP process_"))]
+                library = [line for line in generate_latest(registry).splitlines()
+                           if not line.startswith((b"process_", b"# HELP process_"))]
+                assert own == library, "the renderer differs from prometheus_client"
+            if render is not generate_latest:  # what a Prometheus scrape costs: OpenMetrics, gzip
+                render(registry, True, gzip=True)  # the scrape before
+                ingest(metrics, second, 1_767_225_600.0)
+                start = time.perf_counter()
+                render(registry, True, gzip=True)
+                warm_gzip.append(time.perf_counter() - start)
+        out[str(target)] = {"series": count_series(text), "seconds_median": statistics.median(cold),
+                            "warm_seconds_median": statistics.median(warm), "renderer": render.__module__,
+                            "warm_openmetrics_gzip_seconds_median": statistics.median(warm_gzip) if warm_gzip else None,
                             "bytes": len(text), "gzip_bytes": len(gzip.compress(text, 6))}
     return out
 
@@ -392,6 +456,7 @@ def environment() -> dict[str, Any]:
     import importlib.metadata
 
     import aiohttp
+    import msgspec
     import pydantic
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -399,7 +464,7 @@ def environment() -> dict[str, Any]:
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "aiohttp": aiohttp.__version__, "prometheus_client": importlib.metadata.version("prometheus-client"),
-            "pydantic": pydantic.__version__, "wrk": wrk_version, "loadavg_at_start": os.getloadavg()}
+            "pydantic": pydantic.__version__, "msgspec": msgspec.__version__, "wrk": wrk_version, "loadavg_at_start": os.getloadavg()}
 
 
 def main() -> None:
@@ -410,6 +475,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="seconds-long run of every benchmark, no targets")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--exporter-path", type=Path, help="run this checkout's exporter package instead (before/after)")
+    parser.add_argument("--baseline-path", type=Path,
+                        help="also measure this checkout's exporter, in the same rounds (throughput) and render")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.memory_child:
@@ -427,7 +494,7 @@ def main() -> None:
     results: dict[str, Any] = {"environment": environment(), "smoke": a.smoke}
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
-        if only & {"throughput", "latency", "record"}:
+        if only & {"throughput", "latency", "record", "render"}:
             results["bodies"] = write_bodies(bodies, body_calls)
         if "throughput" in only:
             results["throughput"] = bench_throughput(a, bodies)
@@ -441,9 +508,16 @@ def main() -> None:
         if "record" in only:
             results["record"] = bench_record(a, bodies)
             print(json.dumps(results["record"]), flush=True)
-    if "render" in only:
-        results["render"] = bench_render(a)
-        print(json.dumps(results["render"]), flush=True)
+        if "render" in only:
+            results["render"] = bench_render(a, bodies)
+            print(json.dumps(results["render"]), flush=True)
+            if a.baseline_path:  # the same measurement in a process of the other checkout
+                other = Path(tmp) / "baseline-render.json"
+                subprocess.run([PY, __file__, "--only", "render", "--out", str(other)] + (["--smoke"] if a.smoke else []),
+                               env=baseline_env(a), check=True, capture_output=True)
+                results["render_baseline"] = json.loads(other.read_text())["render"]
+                print(json.dumps(results["render_baseline"]), flush=True)
+
     if "memory" in only:
         results["memory"] = bench_memory(a)
         print(json.dumps(results["memory"]), flush=True)

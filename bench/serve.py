@@ -14,10 +14,12 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # the checkout, unless PYTHONPATH names another
 
-from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 
 from mtt_exporter import log as logsetup, server  # noqa: E402
 from mtt_exporter.__main__ import serve  # noqa: E402
+# the exporter's metric classes (before #11, metrics.py imported prometheus_client's under these names)
+from mtt_exporter.metrics import Counter, Histogram  # noqa: E402
 from mtt_exporter.settings import load  # noqa: E402
 
 #: Series per filler histogram child: 12 buckets, +Inf, _count, _sum.

@@ -1,17 +1,39 @@
-"""Every metric, label value and bucket of the exporter, and the code that records facts.
+"""Every metric, label value and bucket of the exporter, the code that records facts, and
+their exposition.
 
 The only module that imports prometheus_client. Label values come from closed sets
 (enums, causes 0..127 + "unknown"), all pre-created at 0 so rates and alerts see them
 before the first event.
+
+The metric families below (`Counter`, `Gauge`, `Histogram`: the subset of
+prometheus_client's API this exporter uses) keep plain numbers: the event loop is their
+only writer, so an update is one addition, without the lock prometheus_client takes. Each
+family renders its own exposition, text format or OpenMetrics, and re-renders at a scrape
+only the series whose numbers changed since the last one. They are prometheus_client
+`Metric`s and collectors too, so any registry reads them (`get_sample_value`,
+`generate_latest`); other collectors (process, GC, the state backend) are rendered by
+prometheus_client. tests/test_exposition.py proves both renderings parse to the same samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gzip
+import struct
+import time
+import zlib
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, ClassVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .cause import CAUSE_MAX, LegOutcome, cause_class, cause_label, cause_name
@@ -177,6 +199,10 @@ class Metrics:
             elif isinstance(fact, Evicted):
                 self._evicted[fact.reason].inc()
 
+    def exposition(self, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+        """The body of /metrics for the request's Accept and Accept-Encoding, and its headers."""
+        return exposition(self.registry, accept, accept_encoding)
+
     def track(self, tracked: Callable[[], int]) -> None:
         """Expose the number of calls held in memory, read at scrape time."""
         Gauge(
@@ -230,7 +256,449 @@ class _BackendCollector(Collector):
             "mtt_state_backend_fallbacks",
             "Notifications correlated in local memory: backend unreachable, or their call is held locally since.",
             value=stats.fallbacks)
+        yield GaugeMetricFamily(
+            "mtt_state_backend_queued",
+            "Notifications answered and waiting to be applied in the shared state backend.",
+            value=stats.queued)
+        yield GaugeMetricFamily(
+            "mtt_state_backend_behind",
+            "1 while the shared state backend cannot keep up (too many notifications queued): "
+            "the notifications of new calls are correlated in local memory.",
+            value=float(stats.behind))
+        yield CounterMetricFamily(
+            "mtt_state_backend_overflows",
+            "Notifications correlated in local memory because the shared state backend was behind "
+            "(also counted in mtt_state_backend_fallbacks_total).",
+            value=stats.overflows)
         yield CounterMetricFamily(
             "mtt_state_backend_retries",
             "Writes of a call retried because it was not as this replica last saw it (written by another replica or request).",
             value=stats.retries)
+
+
+# --- the mechanism: families of plain numbers that render their own exposition ------------
+
+#: Text format's end of an OpenMetrics exposition.
+_EOF = b"# EOF\n"
+
+
+def _escape(value: str) -> str:
+    """A label value (and OpenMetrics HELP) as both formats escape it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(text: str) -> str:
+    """HELP text as the text format escapes it (quotes stay)."""
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    """`{a="x",b="y"}`, sorted by name as prometheus_client writes them; "" without labels."""
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in sorted(labels.items())) + "}"
+
+
+def _number(value: float) -> str:
+    """prometheus_client's floatToGoString, its common case (a float below 10^6) first."""
+    if -1e6 < value < 1e6:
+        return repr(value)
+    return floatToGoString(value)
+
+
+class _Value:
+    """One series of a counter or gauge: a plain number, and its last rendered line."""
+
+    __slots__ = ("value", "prefix", "shown", "line")
+
+    def __init__(self, prefix: str) -> None:
+        self.value = 0.0
+        self.prefix = prefix  # `name{labels} `
+        self.shown: float | None = None  # the value `line` shows
+        self.line = ""
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class _CounterValue(_Value):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class _Read(_Value):
+    """A gauge read from a function at scrape time."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, prefix: str, read: Callable[[], float]) -> None:
+        self.prefix, self.shown, self.line, self.read = prefix, None, "", read
+
+    @property  # type: ignore[override]
+    def value(self) -> float:
+        return float(self.read())
+
+
+class _Buckets:
+    """One series of a histogram: plain counts per bucket (not cumulative), sum, exemplars."""
+
+    __slots__ = ("bounds", "counts", "sum", "count", "exemplars", "prefixes", "count_prefix", "sum_prefix",
+                 "shown", "text", "om")
+
+    def __init__(self, bounds: tuple[float, ...], prefixes: list[str], count_prefix: str,
+                 sum_prefix: str | None) -> None:
+        self.bounds = bounds
+        self.counts = [0.0] * len(bounds)
+        self.sum = 0.0
+        self.count = 0  # observations: tells a scrape whether to render again
+        self.exemplars: list[Exemplar | None] = [None] * len(bounds)
+        self.prefixes = prefixes  # `name_bucket{labels,le="..."} `, one per bucket
+        self.count_prefix, self.sum_prefix = count_prefix, sum_prefix
+        self.shown: int | None = None
+        self.text = self.om = ""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        index = bisect_left(self.bounds, amount)  # the first bucket with amount <= le
+        self.counts[index] += 1
+        self.sum += amount
+        self.count += 1
+        if exemplar:
+            self.exemplars[index] = Exemplar(exemplar, amount, time.time())
+
+    def render(self) -> None:
+        """Format `text` and `om` (with the exemplars) again."""
+        lines, exemplars, cumulative = [], [], 0.0
+        for prefix, count, exemplar in zip(self.prefixes, self.counts, self.exemplars):
+            cumulative += count
+            lines.append(prefix + _number(cumulative))
+            exemplars.append(
+                "" if exemplar is None else
+                f" # {_label_text(exemplar.labels)} {_number(exemplar.value)} {exemplar.timestamp}")
+        lines.append(self.count_prefix + _number(cumulative))
+        if self.sum_prefix is not None:
+            lines.append(self.sum_prefix + _number(self.sum))
+        self.text = "\n".join(lines) + "\n"
+        if any(exemplars):
+            exemplars += [""] * (len(lines) - len(exemplars))
+            self.om = "".join(line + exemplar + "\n" for line, exemplar in zip(lines, exemplars))
+        else:
+            self.om = self.text
+
+
+class _Family(Metric, Collector):
+    """A metric family: its series by label values, and its rendered exposition.
+
+    A prometheus_client `Metric` (its `samples` are built when read, for tests and the
+    library's own exposition) and a `Collector` of itself (registered like the library's
+    metrics). `render` is the fast exposition of /metrics.
+    """
+
+    type: ClassVar[str]
+    # a registry keys its collectors by identity (Metric compares samples)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+    #: The family's name in the text format (counters: `_total`).
+    _text_suffix: ClassVar[str] = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 registry: CollectorRegistry | None = None) -> None:
+        self.name, self.documentation, self.unit = name, documentation, ""
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._blocks: dict[bool, bytes] = {}  # the rendered family by format (OpenMetrics?)
+        self._deflated: dict[bool, tuple[bytes, bytes]] = {}  # a block and its compressed piece
+        text_name = name + self._text_suffix
+        self._headers = {
+            False: f"# HELP {text_name} {_escape_help(documentation)}\n# TYPE {text_name} {self.type}\n",
+            True: f"# HELP {name} {_escape(documentation)}\n# TYPE {name} {self.type}\n",
+        }
+        if not self._labelnames:
+            self._only = self._child(())
+        if registry is not None:
+            registry.register(self)
+
+    def labels(self, *values: object, **named: object) -> Any:
+        """The series of these label values (created at 0 on first use)."""
+        if not self._labelnames:
+            raise ValueError(f"No label names were set when constructing {self.name}")
+        if named:
+            if values or sorted(named) != sorted(self._labelnames):
+                raise ValueError("Incorrect label names")
+            values = tuple(named[name] for name in self._labelnames)
+        elif len(values) != len(self._labelnames):
+            raise ValueError("Incorrect label count")
+        key = tuple(str(value) for value in values)
+        child = self._children.get(key)
+        return child if child is not None else self._child(key)
+
+    def remove(self, *values: object) -> None:
+        """Drop the series of these label values, if there is one."""
+        if len(values) != len(self._labelnames) or not self._labelnames:
+            raise ValueError("Incorrect label count")
+        if self._children.pop(tuple(str(value) for value in values), None) is not None:
+            self._blocks.clear()  # the others did not change: render again without it
+
+    @property
+    def _metrics(self) -> dict[tuple[str, ...], Any]:
+        """The series by label values, under prometheus_client's name for them."""
+        return self._children
+
+    def _child(self, key: tuple[str, ...]) -> Any:
+        child = self._children[key] = self._new_child(dict(zip(self._labelnames, key)))
+        return child
+
+    def _new_child(self, labels: dict[str, str]) -> Any:
+        raise NotImplementedError
+
+    def collect(self) -> Iterable[Metric]:
+        return [self]
+
+    def describe(self) -> Iterable[Metric]:
+        return [self]
+
+    def render(self, om: bool = False) -> bytes:
+        """This family's exposition; only the series whose numbers changed are formatted again."""
+        if self._refresh():
+            self._blocks.clear()
+        block = self._blocks.get(om)
+        if block is None:
+            block = self._blocks[om] = (self._headers[om] + "".join(self._lines(om))).encode()
+        return block
+
+    def _refresh(self) -> bool:
+        """Render the series whose numbers changed; True if any did."""
+        raise NotImplementedError
+
+    def _lines(self, om: bool) -> Iterable[str]:
+        raise NotImplementedError
+
+
+class _ValueFamily(_Family):
+    """Counter or gauge: one plain number a series."""
+
+    _sample_suffix: ClassVar[str] = ""
+    _child_type: ClassVar[type[_Value]] = _Value
+
+    def _new_child(self, labels: dict[str, str]) -> _Value:
+        return self._child_type(f"{self.name}{self._sample_suffix}{_label_text(labels)} ")
+
+    def _refresh(self) -> bool:
+        changed = False
+        for child in self._children.values():
+            value = child.value
+            if value != child.shown:  # NaN is never equal: rendered every time, correctly
+                child.shown = value
+                child.line = child.prefix + _number(value) + "\n"
+                changed = True
+        return changed
+
+    def _lines(self, om: bool) -> Iterable[str]:
+        return (child.line for child in self._children.values())
+
+    @property  # type: ignore[override]
+    def samples(self) -> list[Sample]:
+        return [Sample(self.name + self._sample_suffix, dict(zip(self._labelnames, key)), child.value, None, None)
+                for key, child in self._children.items()]
+
+    @samples.setter
+    def samples(self, value: object) -> None:  # Metric.__init__ and copies assign it: ignored
+        pass
+
+
+class Counter(_ValueFamily):
+    """A counter family; `name` without `_total` (added in the exposition)."""
+
+    type = "counter"
+    _text_suffix = _sample_suffix = "_total"
+    _child_type = _CounterValue
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 registry: CollectorRegistry | None = None) -> None:
+        super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._only.inc(amount)
+
+
+class Gauge(_ValueFamily):
+    """A gauge family."""
+
+    type = "gauge"
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._only.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._only.value -= amount
+
+    def set(self, value: float) -> None:
+        self._only.set(value)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        """The value is `read()` at each scrape."""
+        self._only = self._children[()] = _Read(self._only.prefix, read)
+
+
+class Histogram(_Family):
+    """A histogram family with fixed buckets (`+Inf` added)."""
+
+    type = "histogram"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 registry: CollectorRegistry | None = None, *, buckets: Sequence[float]) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("Buckets not in sorted order")
+        if bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self._bounds = tuple(bounds)
+        self._le = [floatToGoString(b) for b in bounds]
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_child(self, labels: dict[str, str]) -> _Buckets:
+        name = self.name
+        prefixes = [f"{name}_bucket{_label_text({**labels, 'le': le})} " for le in self._le]
+        # as prometheus_client: no _sum when there are negative buckets
+        sum_prefix = f"{name}_sum{_label_text(labels)} " if self._bounds[0] >= 0 else None
+        return _Buckets(self._bounds, prefixes, f"{name}_count{_label_text(labels)} ", sum_prefix)
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        self._only.observe(amount, exemplar)
+
+    def _refresh(self) -> bool:
+        changed = False
+        for child in self._children.values():
+            if child.count != child.shown:
+                child.shown = child.count
+                child.render()
+                changed = True
+        return changed
+
+    def _lines(self, om: bool) -> Iterable[str]:
+        if om:
+            return (child.om for child in self._children.values())
+        return (child.text for child in self._children.values())
+
+    @property  # type: ignore[override]
+    def samples(self) -> list[Sample]:
+        name, out = self.name, []
+        for key, child in self._children.items():
+            labels = dict(zip(self._labelnames, key))
+            cumulative = 0.0
+            for le, count, exemplar in zip(self._le, child.counts, child.exemplars):
+                cumulative += count
+                out.append(Sample(f"{name}_bucket", {**labels, "le": le}, cumulative, None, exemplar))
+            out.append(Sample(f"{name}_count", labels, cumulative, None, None))
+            if self._bounds[0] >= 0:
+                out.append(Sample(f"{name}_sum", labels, child.sum, None, None))
+        return out
+
+    @samples.setter
+    def samples(self, value: object) -> None:
+        pass
+
+
+class _Listed:
+    """Metric families as a collector, for prometheus_client's encoders."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def render(registry: CollectorRegistry, om: bool = False, encoder: Callable[[Any], bytes] | None = None,
+           gzip: bool = False) -> bytes:
+    """The exposition of every collector in `registry`: text format, or OpenMetrics if `om`;
+    gzip-compressed if `gzip`.
+
+    This module's families render themselves (what changed since the last scrape); other
+    collectors' families are rendered by prometheus_client's `encoder` for the format.
+    """
+    if encoder is None:
+        encoder = openmetrics.generate_latest if om else generate_latest
+    parts: list[tuple[bytes, _Family | None]] = []
+    others: list[Metric] = []
+    for metric in registry.collect():
+        if isinstance(metric, _Family):
+            if others:
+                parts.append((_rendered_by(encoder, others, om), None))
+                others = []
+            parts.append((metric.render(om), metric))
+        else:
+            others.append(metric)
+    if others:
+        parts.append((_rendered_by(encoder, others, om), None))
+    if om:
+        parts.append((_EOF, None))
+    if gzip:
+        return _gzip(parts, om)
+    return b"".join(part for part, _ in parts)
+
+
+def _rendered_by(encoder: Callable[[Any], bytes], metrics: list[Metric], om: bool) -> bytes:
+    body = encoder(_Listed(metrics))
+    return body[: -len(_EOF)] if om else body
+
+
+#: A gzip member's header: deflate, no name, no time, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+#: An empty final deflate block: ends the stream of pieces.
+_LAST_BLOCK = b"\x03\x00"
+
+
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate of `data`, not final and ending on a byte boundary (a sync flush): such
+    pieces, compressed separately, concatenate into one valid deflate stream."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _gzip(parts: list[tuple[bytes, _Family | None]], om: bool) -> bytes:
+    """One gzip member of the parts, each family's piece compressed again only when its text changed."""
+    pieces, crc, size = [_GZIP_HEADER], 0, 0
+    for part, family in parts:
+        if family is None:
+            pieces.append(_deflate(part))
+        else:
+            kept = family._deflated.get(om)
+            if kept is None or kept[0] is not part:  # `render` made a new block: it changed
+                kept = family._deflated[om] = (part, _deflate(part))
+            pieces.append(kept[1])
+        crc, size = zlib.crc32(part, crc), size + len(part)
+    pieces += [_LAST_BLOCK, struct.pack("<II", crc, size & 0xFFFFFFFF)]
+    return b"".join(pieces)
+
+
+def exposition(registry: CollectorRegistry, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+    """`/metrics` for a request's Accept and Accept-Encoding headers: the body and its headers.
+
+    The format is negotiated by prometheus_client. Escaping schemes that leave legacy
+    names as they are (all of this exporter's names are) render here; "dots" rewrites
+    every name and is left to prometheus_client.
+    """
+    try:
+        encoder, content_type = choose_encoder(accept)
+    except Exception:  # e.g. a version that is not a number: the text format, as for no Accept at all
+        encoder, content_type = choose_encoder("")
+    headers = {"Content-Type": content_type}
+    compress = gzip_accepted(accept_encoding)
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+    options = encoder.keywords if isinstance(encoder, partial) else {}
+    if options.get("escaping", openmetrics.UNDERSCORES) == openmetrics.DOTS:
+        body = encoder(registry)
+        return (gzip.compress(body) if compress else body), headers
+    om = getattr(encoder, "func", encoder) is openmetrics.generate_latest
+    return render(registry, om, encoder, gzip=compress), headers

@@ -1,4 +1,4 @@
-"""A seconds-long run of bench/run.py, so the benchmarks keep working (no timing assertions)."""
+"""Seconds-long runs of bench/run.py and bench/callgrind.py, so the benchmarks keep working (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,21 @@ def test_bench_smoke(tmp_path):
     assert results["render"]["1000"]["series"] >= 900
     assert results["memory"]["talking_1000"]["calls"] == 1000
     assert results["startup"]["median"] > 0
+
+
+def test_callgrind_smoke(tmp_path):
+    need_binary("valgrind")
+    out = tmp_path / "callgrind.json"
+    result = subprocess.run([sys.executable, "bench/callgrind.py", "--smoke", "--kinds", "exporter", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    exporter = json.loads(out.read_text())["exporter"]
+    assert exporter["requests"] == 40 and exporter["instructions_per_request"] > 0
+
+
+def test_where_smoke():
+    need_binary("wrk")
+    result = subprocess.run([sys.executable, "bench/where.py", "--seconds", "1", "--top", "5"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| mtt_exporter/model.py |" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtt_exporter import model
-from mtt_exporter.model import MOSCOW, PayloadError, moscow_to_unix, parse
+from mtt_exporter.model import MOSCOW, PayloadError, decode_wire, moscow_to_unix, parse
 
 KEYS = ["date_time", "data", "event", "cause", "redirect_number", "sip_id", "numberA", "h323_conf_id", "client_id",
         "extension", "other"]
@@ -41,9 +42,44 @@ def test_plain_fields_shortcut_equals_pydantic(item):
     assert fast == slow
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(PAYLOADS, st.lists(PAYLOADS, max_size=3)), st.sampled_from(["json", "bom", "spaced"]))
+def test_typed_decoding_equals_json_loads(value, style):
+    """A body decoded straight into `Wire`s parses as its json.loads dicts do; other bodies are left to json.loads."""
+    body = json.dumps(value, indent=1 if style == "spaced" else None).encode()
+    if style == "bom":
+        body = "\ufeff".encode() + body
+    typed = decode_wire(body)
+    if typed is None:
+        return
+    assert style != "bom"
+    items = typed if isinstance(typed, list) else [typed]
+    expected = json.loads(body)
+    assert [outcome(item) for item in items] == [outcome(item) for item in (expected if isinstance(expected, list) else [expected])]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"h323_conf_id ": "A"}', id="key-with-space"),
+        pytest.param(b'{"h323_conf_id": "A", "other": 1}', id="unknown-key"),
+        pytest.param(b'{"cause": true}', id="bool"),
+        pytest.param(b'{"date_time": 1e400}', id="float-beyond-double"),
+        pytest.param(b'{"date_time": NaN}', id="nan-literal"),
+        pytest.param(b'{"event": {"type": "o", "extra": 1}}', id="unknown-event-key"),
+        pytest.param('\ufeff{"h323_conf_id": "A"}'.encode(), id="bom"),
+        pytest.param(b'"text"', id="string"),
+        pytest.param(b'{"a": "\\ud800"}', id="lone-surrogate"),
+    ],
+)
+def test_typed_decoding_leaves_the_rest_to_json_loads(body):
+    assert decode_wire(body) is None
+
+
 def test_shortcut_taken_for_the_seed(seed_call):
     for item in seed_call:
         assert model._plain_fields({k.strip(): v for k, v in item.items()}) is not None
+        assert isinstance(decode_wire(json.dumps(item).encode()), model.Wire)
 
 
 @pytest.mark.parametrize("year", [1992, 2010, 2011, 2014, 2019, 2026])
