@@ -590,7 +590,8 @@ class AccessLogger(AbstractAccessLogger):
             cls.unlogged += 1
             return
         cls.lines += 1
-        path = mask_secrets(request.raw_path[:ACCESS_PATH_CHARS], _CLIENT_FAULTS.secrets)[:ACCESS_PATH_CHARS]
+        # masked whole, then cut: a cut token would no longer match (the path is at most MAX_LINE_BYTES)
+        path = mask_secrets(request.raw_path, _CLIENT_FAULTS.secrets)[:ACCESS_PATH_CHARS]
         extra = {"method": request.method[:16], "path": path, "status": response.status, "seconds": round(time, 6),
                  "peer": request.remote}
         if cls.unlogged:
