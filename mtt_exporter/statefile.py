@@ -39,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .clock import ProcessClock, seconds
-from .correlator import STATE_FORMAT, STATE_VERSION, Correlator, Fact, dump_state, load_state
+from .correlator import READABLE_STATE_VERSIONS, STATE_FORMAT, Correlator, Fact, dump_state, load_state
 
 log = logging.getLogger("mtt_exporter")
 
@@ -240,7 +240,7 @@ class StateFile:
 
     def _untrusted(self, data: object) -> tuple[SetAside, str] | None:
         """Why a snapshot must not be loaded, judged by its date; None: take it."""
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") not in READABLE_STATE_VERSIONS:
             return None  # load_state says what is wrong
         saved_at = data.get("saved_at")
         if saved_at is None:
