@@ -1,0 +1,475 @@
+"""Second outside attack round on persistence: the mechanisms the first round's fixes added
+(docs/reliability.md, "Attack round on persistence"): renaming aside, the temp-file cleanup at
+start, the size cap, the recorder's rotation, and replay against a hostile server.
+
+A finding the code does not survive is a strict xfail whose reason is the finding; what held
+is a plain test. Every child process, server and loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mtt_exporter import statefile as statefile_module
+from mtt_exporter.clock import ProcessClock
+from mtt_exporter.correlator import Correlator, dump_state
+from mtt_exporter.record import Recorder, read_records
+from mtt_exporter.replay import post_all
+from mtt_exporter.simulate import Delivery
+from mtt_exporter.statefile import SetAside, StateFile, remove_leftover_temps
+
+from .conftest import Clock, need_binary
+from .process import Exporter
+from .test_correlator import NOW, SEED, run
+
+
+def snapshot_file(path: Path, saved_at: float = NOW + 30) -> Path:
+    """A state file of one call in progress, dated `saved_at`."""
+    correlator, _, _ = run(SEED[:4])
+    data = dump_state(correlator)
+    data["saved_at"] = saved_at
+    path.write_text(json.dumps(data))
+    return path
+
+
+def loader(path: Path, now: float = NOW + 30) -> tuple[StateFile, Correlator]:
+    clock = Clock(now)
+    correlator = Correlator()
+    return StateFile(path, correlator, ProcessClock(clock, clock)), correlator
+
+
+def asides(directory: Path, name: str = "state.json") -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith(f"{name}.") and not n.endswith(".tmp"))
+
+
+@pytest.fixture
+def frozen_second(monkeypatch):
+    """Every set-aside name made within one UTC second (two events in one second, made certain)."""
+    fixed = time.gmtime(NOW)
+    monkeypatch.setattr(statefile_module.time, "gmtime", lambda *args: fixed)
+
+
+def failing_writes(monkeypatch, fail: set[int]):
+    """write_atomically raises ENOSPC on the calls numbered in `fail` (1-based), else writes."""
+    real = statefile_module.write_atomically
+    calls = {"n": 0}
+
+    def write(path, payload):
+        calls["n"] += 1
+        if calls["n"] in fail:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, payload)
+
+    monkeypatch.setattr(statefile_module, "write_atomically", write)
+
+
+# --- the state file: renaming aside -----------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a loaded state file that cannot be removed (read-only data directory, EACCES/EROFS) is only "
+    "logged: the next start within --state-max-age loads the same snapshot again and restores "
+    "(and counts) its calls a second time; README promises the file is used once"))
+def test_a_file_that_cannot_be_removed_is_not_loaded_twice(tmp_path, monkeypatch):
+    path = snapshot_file(tmp_path / "state.json")
+    real_unlink, real_rename = Path.unlink, os.rename
+
+    def unlink(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    def rename(src, dst, *args, **kwargs):
+        if Path(src) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(statefile_module.os, "rename", rename)
+    first, first_correlator = loader(path)
+    assert len(first.load()) == 1 and len(first_correlator) == 1
+    second, second_correlator = loader(path, NOW + 40)  # a crash loop: restarted 10 s later
+    restored = second.load()
+    assert restored == [] and len(second_correlator) == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a state file owned by another user in a sticky directory (mode 1777, e.g. /tmp; passes the "
+    "start-up writability check) is loaded at every start and can be neither removed, renamed "
+    "aside nor replaced (EPERM): the same planted snapshot is restored again by each start, "
+    "every save of the exporter's own calls fails"))
+def test_a_foreign_state_file_in_a_sticky_directory_is_not_loaded_at_every_start(tmp_path):
+    """Real processes run as `nobody` (setpriv); the file is root's, mode 0644."""
+    setpriv = need_binary("setpriv")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the exporter as another user")
+    import shutil
+    import tempfile
+    sticky = Path(tempfile.mkdtemp(prefix="x3-sticky-", dir="/tmp"))
+    try:
+        os.chmod(sticky, 0o1777)
+        path = snapshot_file(sticky / "state.json", saved_at=time.time())
+        data = json.loads(path.read_text())
+        data["calls"][0][1]["last_seen"] = time.time() - 1
+        path.write_text(json.dumps(data))
+        os.chmod(path, 0o644)
+        prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        logs = []
+        for _ in range(2):
+            exporter = Exporter(tmp_path, "--state-file", str(path), prefix=prefix).start()
+            exporter.stop()
+            logs.append(exporter.log())
+        assert "state loaded" in logs[0]
+        assert "state loaded" not in logs[1]
+    finally:
+        shutil.rmtree(sticky, ignore_errors=True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "set-aside names have one-second resolution and os.rename replaces silently: a second "
+    "failed save within the same second overwrites the first .stale-<time> file, so the "
+    "'old bytes kept aside intact' of round 1 (#4) are destroyed"))
+def test_two_failed_saves_in_one_second_keep_both_older_snapshots(tmp_path, monkeypatch, frozen_second):
+    path = tmp_path / "state.json"
+    state, _ = loader(path)
+    failing_writes(monkeypatch, fail={2, 4})
+    for number in range(1, 5):  # good, fails, good, fails
+        try:
+            state.write((number, {"calls": [], "n": number}))
+        except OSError:
+            pass
+    kept = [json.loads((tmp_path / name).read_text())["n"] for name in asides(tmp_path)]
+    assert sorted(kept) == [1, 3]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "set-aside at start has one-second resolution: a crash loop meeting a corrupt file twice in "
+    "one second renames the second over the first, losing the first file's evidence"))
+def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path, frozen_second):
+    path = tmp_path / "state.json"
+    for content in ("first corrupt", "second corrupt"):
+        path.write_text(content)
+        state, _ = loader(path)
+        assert state.load() == [] and state.set_aside is SetAside.CORRUPT
+    assert sorted((tmp_path / name).read_text() for name in asides(tmp_path)) == ["first corrupt", "second corrupt"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "set-aside files are never bounded nor cleaned: a save that fails every other time (a disk "
+    "at its limit) leaves one full-size .stale-<time> snapshot per failure; 20 cycles -> 10 "
+    "files (31 MB each at 100,000 calls), on the very disk that is full"))
+def test_set_aside_files_are_bounded(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    state, _ = loader(path)
+    failing_writes(monkeypatch, fail=set(range(2, 21, 2)))
+    seconds, gmtime = iter(range(1000)), time.gmtime
+    monkeypatch.setattr(statefile_module.time, "gmtime", lambda *args: gmtime(NOW + next(seconds)))
+    for number in range(1, 21):
+        try:
+            state.write((number, {"calls": [], "pad": "x" * 1000}))
+        except OSError:
+            pass
+    assert len(asides(tmp_path)) <= 3, asides(tmp_path)
+
+
+def in_small_tmpfs(tmp_path: Path, code: str, size: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` (with DATA, the mount point) in a private mount namespace with a tmpfs of `size` at DATA."""
+    unshare = need_binary("unshare")
+    data = tmp_path / "data"
+    data.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(f"DATA = {str(data)!r}\n" + textwrap.dedent(code))
+    shell = f"mount -t tmpfs -o size={size} tmpfs {data} && exec \"$0\" \"$@\""
+    result = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", shell, sys.executable,
+                             str(script)], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    if result.returncode != 0 and "Traceback" not in result.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    return result
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "on a real full disk (tmpfs 1 MiB) the failed save renames the older 400 KB snapshot aside "
+    "instead of freeing it: its blocks stay allocated, so every later save fails too (and the "
+    "final one at shutdown: the run's calls are lost); removing it would have let the next save fit"))
+def test_saves_recover_once_the_older_snapshot_is_given_up(tmp_path):
+    result = in_small_tmpfs(tmp_path, """
+        import os
+        from pathlib import Path
+        from mtt_exporter.correlator import Correlator
+        from mtt_exporter.statefile import StateFile
+        state = StateFile(Path(DATA) / "state.json", Correlator())
+        pad = "x" * 400_000
+        state.write((1, {"calls": [], "pad": pad}))
+        filler = os.open(os.path.join(DATA, "filler"), os.O_WRONLY | os.O_CREAT)  # someone else fills the disk
+        try:
+            for _ in range(1000):
+                os.write(filler, b"f" * 4096)
+        except OSError:
+            pass
+        os.close(filler)
+        os.truncate(os.path.join(DATA, "filler"), os.path.getsize(os.path.join(DATA, "filler")) - 300_000)
+        results = []
+        for number in (2, 3):
+            try:
+                state.write((number, {"calls": [], "pad": pad}))
+                results.append("ok")
+            except OSError as error:
+                results.append(error.strerror)
+        print(results)
+        print(sorted(os.listdir(DATA)))
+        for name in os.listdir(DATA):  # control: giving the older snapshot up lets the save fit
+            if ".stale-" in name:
+                os.unlink(os.path.join(DATA, name))
+        state.write((4, {"calls": [], "pad": pad}))
+        print("control ok")
+        """, size="1m")
+    assert "Traceback" not in result.stderr, result.stderr[-800:]
+    assert "control ok" in result.stdout
+    results = result.stdout.splitlines()[0]
+    assert results.endswith("'ok']"), result.stdout
+
+
+# --- the state file: the temp-file cleanup and a second process ---------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the start-up cleanup removes every .<name>.*.tmp, including the temp file of a save in "
+    "flight in another process on the same --state-file: that save fails with "
+    "FileNotFoundError and, as a failed save, sets its good older snapshot aside too"))
+def test_cleanup_at_start_leaves_a_save_in_flight_alone(tmp_path, monkeypatch):
+    path = snapshot_file(tmp_path / "state.json")
+    writer, _ = loader(tmp_path / "state.json")
+    writer._written = 0
+    real_fsync = os.fsync
+    swept = []
+
+    def fsync(fd):
+        real_fsync(fd)
+        if not swept:  # the other exporter starts while this save is between fsync and rename
+            swept.append(remove_leftover_temps(path))
+
+    monkeypatch.setattr(statefile_module.os, "fsync", fsync)
+    writer.write((1, {"calls": [], "saved_at": NOW}))
+    assert json.loads(path.read_text())["calls"] == []
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(".state.json.bak", id="other suffix"),
+    pytest.param(".state.jsonx.1.tmp", id="longer name"),
+    pytest.param("state.json.1.tmp", id="no leading dot"),
+    pytest.param(".other.json.1.tmp", id="other file"),
+])
+def test_cleanup_keeps_names_outside_the_pattern(tmp_path, name):
+    path = tmp_path / "state.json"
+    (tmp_path / name).write_text("someone else's")
+    assert remove_leftover_temps(path) == 0
+    assert (tmp_path / name).read_text() == "someone else's"
+
+
+def test_cleanup_leaves_a_symlink_and_its_target(tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep")
+    (tmp_path / ".state.json.x.tmp").symlink_to(target)
+    assert remove_leftover_temps(tmp_path / "state.json") == 0
+    assert target.read_text() == "keep"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "no lock on --state-file: a second exporter on the same file starts silently; both save "
+    "to one path at stop, the last writer wins and the other's calls are lost"))
+def test_a_second_exporter_on_the_same_state_file_is_refused(tmp_path):
+    path = tmp_path / "state.json"
+    first = Exporter(tmp_path, "--state-file", str(path)).start()
+    try:
+        second = Exporter(tmp_path, "--state-file", str(path))
+        try:
+            with pytest.raises(AssertionError):
+                second.start(timeout=15)
+        finally:
+            if second.process is not None and second.process.poll() is None:
+                second.stop()
+    finally:
+        first.stop()
+
+
+# --- the state file: content ------------------------------------------------------------------
+
+
+def test_duplicate_conf_ids_restore_one_call(tmp_path):
+    path = snapshot_file(tmp_path / "state.json")
+    data = json.loads(path.read_text())
+    data["calls"] = data["calls"] * 1000
+    path.write_text(json.dumps(data))
+    state, correlator = loader(path)
+    facts = state.load()
+    assert len(correlator) == 1 and len(facts) == 1
+    assert len(correlator._deadlines) <= 1
+
+
+@pytest.mark.parametrize("version", [pytest.param("true", id="bool"), pytest.param("1.0", id="float")])
+def test_version_that_only_equals_one_loosely(tmp_path, version):
+    """Held in effect: `true` and `1.0` compare equal to version 1 and load; the data is version 1's."""
+    path = snapshot_file(tmp_path / "state.json")
+    path.write_text(path.read_text().replace('"version": 1', f'"version": {version}'))
+    state, correlator = loader(path)
+    state.load()
+    assert state.set_aside is None and len(correlator) == 1
+
+
+def test_a_file_swapped_after_open_is_read_from_the_inode_opened(tmp_path, monkeypatch):
+    """Held: read_regular reads through the descriptor; renaming another file over the path
+    between fstat and read changes nothing read."""
+    path = snapshot_file(tmp_path / "state.json")
+    good = path.read_bytes()
+    real_fstat = os.fstat
+
+    def fstat(fd):
+        result = real_fstat(fd)
+        other = tmp_path / "other"
+        other.write_text("x" * 100)
+        os.replace(other, path)
+        return result
+
+    monkeypatch.setattr(statefile_module.os, "fstat", fstat)
+    assert statefile_module.read_regular(path, 1 << 20) == good
+
+
+# --- --record: rotation and two writers -------------------------------------------------------
+
+
+def line_numbers(paths: list[Path]) -> list[int]:
+    return sorted(json.loads(body)["n"] for _, body, _ in read_records([p for p in paths if p.exists()], lambda _: None))
+
+
+@pytest.mark.parametrize(("name", "keep"), [
+    pytest.param("rec.jsonl", 0, id="keep 0"),
+    pytest.param("rec.jsonl", 1, id="keep 1"),
+    pytest.param("rec with spaces.jsonl", 2, id="spaces in name"),
+    pytest.param("-rec.jsonl", 2, id="leading dash"),
+])
+def test_rotation_keeps_at_most_keep_files_of_whole_lines(tmp_path, name, keep):
+    path = tmp_path / name
+    recorder = Recorder(path, max_bytes=2000, keep=keep)
+    for n in range(100):
+        recorder.write(float(n), b'{"n": %d, "pad": "%s"}' % (n, b"x" * 50), "application/json")
+        if n % 7 == 0:
+            recorder.flush()
+    recorder.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == keep + 1
+    assert all(f.stat().st_size <= 2000 for f in files)
+    numbers = line_numbers(files)
+    assert numbers == list(range(100 - len(numbers), 100))  # the newest, none torn or lost in between
+
+
+def in_replay_order(directory: Path, name: str) -> list[Path]:
+    """path.<keep> .. path.1, path: oldest first, as replay is given them."""
+    files = [p for p in directory.iterdir() if p.name.startswith(name)]
+    return sorted(files, key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "two recorders (two exporters) on one --record path start silently (no lock) and rotate by "
+    "their own counts: each flushes its own buffer and one keeps writing into the file the "
+    "other renamed to .1, so lines land out of time order (11 steps back in 200 lines, keep "
+    "50), which replay reads in file order; documented as not covered, but nothing refuses it"))
+def test_two_recorders_on_one_path_keep_time_order(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    a, b = Recorder(path, max_bytes=4000, keep=50), Recorder(path, max_bytes=4000, keep=50)
+    for n in range(200):  # bounded: 200 lines
+        (a if n % 2 else b).write(float(n), b'{"n": %d, "pad": "%s"}' % (n, b"x" * 50), "application/json")
+        if n % 5 == 0:
+            a.flush()
+            b.flush()
+    a.close()
+    b.close()
+    numbers = [json.loads(body)["n"] for _, body, _ in read_records(in_replay_order(tmp_path, "rec.jsonl"), lambda _: None)]
+    assert sorted(numbers) == list(range(200))  # nothing lost: this part holds
+    assert numbers == sorted(numbers)
+
+
+def test_rotation_onto_a_directory_drops_but_never_raises(tmp_path):
+    """Held (as far as promised): `.1` a directory makes rotation fail; bodies are dropped and
+    logged, nothing escapes; the current file keeps whole lines."""
+    path = tmp_path / "rec.jsonl"
+    (tmp_path / "rec.jsonl.1").mkdir()
+    recorder = Recorder(path, max_bytes=1000, keep=1)
+    for n in range(50):
+        recorder.write(float(n), b'{"n": %d, "pad": "%s"}' % (n, b"x" * 50), "application/json")
+        recorder.flush()
+    recorder.close()
+    assert line_numbers([path]) == sorted(line_numbers([path]))
+
+
+# --- replay against a hostile server ----------------------------------------------------------
+
+
+async def hostile_server(mode: str, sent: list[int], size: int):
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await asyncio.wait_for(reader.readexactly(length), 10)
+            if mode == "close":
+                return
+            if mode == "503":
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+            chunk = b"z" * (1 << 20)
+            for _ in range(size >> 20):  # bounded: size / 1 MiB chunks
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent[0] += len(chunk)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def replay_against(mode: str, size: int = 0, count: int = 1):
+    async def main():
+        sent = [0]
+        server = await hostile_server(mode, sent, size)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            deliveries = [Delivery(at=0.0, body=b'{"x": 1}') for _ in range(count)]
+            stats = await asyncio.wait_for(post_all(deliveries, f"http://127.0.0.1:{port}/notify", speed=None), 60)
+        finally:
+            server.close()
+        return stats, sent[0]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("mode", "result"), [
+    pytest.param("503", "503", id="5xx"),
+    pytest.param("close", "ServerDisconnectedError", id="closes the connection"),
+])
+def test_replay_counts_a_hostile_answer_as_a_failure(mode, result):
+    stats, _ = replay_against(mode, count=3)
+    assert stats.results[("event", result)] == 3
+    assert stats.failures() == 3
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "replay reads every response body whole into memory (`await response.read()`), unbounded: "
+    "a hostile or misconfigured server answering 256 MiB per POST is read to the end, "
+    "x --concurrency 32 in flight: gigabytes"))
+def test_replay_does_not_read_a_huge_response_whole():
+    stats, sent = replay_against("huge", size=256 << 20)
+    assert sent <= 16 << 20, f"{sent >> 20} MiB read"
