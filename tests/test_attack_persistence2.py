@@ -22,7 +22,7 @@ import pytest
 
 from mtt_exporter import statefile as statefile_module
 from mtt_exporter.clock import ProcessClock
-from mtt_exporter.correlator import Correlator, dump_state
+from mtt_exporter.correlator import MAX_NOTIFICATIONS_PER_CALL, Correlator, dump_state
 from mtt_exporter.record import Recorder, read_records
 from mtt_exporter.replay import post_all
 from mtt_exporter.simulate import Delivery
@@ -314,6 +314,67 @@ def test_duplicate_conf_ids_restore_one_call(tmp_path):
     facts = state.load()
     assert len(correlator) == 1 and len(facts) == 1
     assert len(correlator._deadlines) <= 1
+
+
+def bloated_call(path: Path, field: str, count: int) -> Path:
+    """The one-call snapshot with `count` legs or premedia entries, each valid, under the 16 MiB cap."""
+    data = json.loads(snapshot_file(path).read_text())
+    call = data["calls"][0][1]
+    if field == "legs":
+        leg = call["legs"][0]
+        call["legs"] = [[f"7900{i:07d}", *leg[1:]] for i in range(count)]
+    else:
+        call["premedia"] = [["B", f"7900{i:07d}", 10.0, None] for i in range(count)]
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a restored call is not bounded like a live one: seen is capped at MAX_NOTIFICATIONS_PER_CALL "
+    "(1000) but legs and premedia are not; one call of 200,000 valid legs (12.8 MB, under the "
+    "16 MiB minimum cap) loads, makes each originate/answer/talk on it scan 200k legs (5 ms, "
+    "the event loop blocked) and yields 200,000 LegEnded facts at expiry: counters inflated "
+    "by one file; the default 1 GiB cap allows ~16M legs"))
+@pytest.mark.parametrize("field", [pytest.param("legs", id="legs"), pytest.param("premedia", id="premedia")])
+def test_a_restored_call_is_bounded_like_a_live_one(tmp_path, field):
+    path = bloated_call(tmp_path / "state.json", field, 200_000)
+    assert path.stat().st_size < 16 << 20
+    state, correlator = loader(path)
+    state.load()
+    call = correlator.calls.get("C1")
+    assert call is None or (len(call.legs) <= MAX_NOTIFICATIONS_PER_CALL
+                            and len(call.premedia or ()) <= MAX_NOTIFICATIONS_PER_CALL)
+
+
+MEMORY_AT_CAP = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+from mtt_exporter.correlator import Correlator
+from mtt_exporter.statefile import StateFile
+path = Path(tempfile.mkdtemp()) / "state.json"
+now = time.time()
+call = '["%07d",{"legs":[],"seen":[],"last_seen":' + repr(now - 1) + '}]'
+count = (16 << 20) // (len(call % 0) + 1) - 10  # minimal calls filling the 16 MiB cap
+path.write_text('{"format":"mtt-exporter-state","version":1,"saved_at":%r,"calls":[%s]}'
+                % (now, ",".join(call % i for i in range(count))))
+size = path.stat().st_size
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+state = StateFile(path, Correlator(max_calls=8192))
+facts = state.load()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(size, (after - before) * 1024, len(state.correlator), state.set_aside)
+"""
+
+
+def test_memory_of_a_load_at_the_size_cap_is_bounded():
+    """Held, loosely (the residual docs/reliability.md states): a 16 MiB file of 262,000 minimal
+    calls with --max-calls 8192 loads and evicts down to 8192; peak RSS grows about 13x the
+    file (205 MiB measured), so the default 1 GiB cap allows ~13 GiB. Bound asserted: 25x."""
+    result = subprocess.run([sys.executable, "-c", MEMORY_AT_CAP], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent)
+    size, grown, kept, aside = result.stdout.split()
+    assert aside == "None" and int(kept) == 8192
+    assert int(grown) <= 25 * int(size)
 
 
 @pytest.mark.parametrize("version", [pytest.param("true", id="bool"), pytest.param("1.0", id="float")])
