@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test system-deps node-deps lint clean golden dashboards bench lock image demo pictures
+.PHONY: run test system-deps node-deps lint clean golden dashboards bench bench-state lock image demo pictures
 
 run: $(VENV)/.installed
 	$(VENV)/bin/mtt-exporter $(ARGS)
@@ -43,6 +43,12 @@ bench: $(VENV)/.test-installed system-deps
 	$(PY) bench/callgrind.py --out bench/callgrind.json
 	$(PY) bench/callgrind.py --loop uvloop --out bench/callgrind-uvloop.json
 	$(if $(BASELINE),$(PY) bench/callgrind.py --kinds exporter --exporter-path $(BASELINE) --out bench/callgrind-baseline.json)
+	$(MAKE) bench-state
+
+# BENCHMARKS.md, *Shared state on Redis*: loopback vs memory, and Redis 200 ms away (~5 min).
+bench-state: $(VENV)/.test-installed system-deps
+	$(PY) bench/state_backend.py --duration 5 --rounds 3
+	$(PY) bench/state_backend.py --rtt 0.2 --calls 1500 --rounds 3
 
 # deploy/requirements.lock: every package of the image, pinned with hashes (the Dockerfile
 # installs only it). Rerun after changing dependencies; ARGS=--upgrade moves every pin.

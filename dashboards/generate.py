@@ -844,10 +844,15 @@ def exporter_dashboard() -> dict:
            sel("mtt_state_backend_up"), unit="short", legend="{{instance}}", text_mode="value_and_name",
            thresholds=steps("red", (1, "green")), w=6, mappings=UP_DOWN)
     b.series("Calls in the state backend", "Calls held in the shared backend and, of those, in progress, as of "
-             "the last tick (the same on every replica: the max of them).", [
+             "the last tick (the same on every replica: the max of them); notifications each instance has "
+             "answered and not yet applied in the backend, and whether it is behind (too many queued: new "
+             "calls correlated locally).", [
                  target(f"max by ({C.by()}) ({sel('mtt_state_backend_calls')})", f"{C.legend} held"),
                  target(f"max by ({C.by()}) ({sel('mtt_state_backend_calls_in_progress')})",
                         f"{C.legend} in progress"),
+                 target(f"sum by (instance) ({sel('mtt_state_backend_queued')})", "{{instance}} queued"),
+                 target(f"sum by (instance) ({sel('mtt_state_backend_behind')}) * 1000",
+                        "{{instance}} behind (x1000)"),
              ], unit="short", w=6)
     b.series("Correlated locally", "Share of each instance's notifications correlated in local memory instead "
              "of the backend (outage, calls kept local since, contention). Dashed line: the "
@@ -856,10 +861,13 @@ def exporter_dashboard() -> dict:
                         f"  / sum by (instance) ({rate('mtt_notifications_total')})", "{{instance}}"),
              ], unit="percentunit", w=6, max=1,
              thresholds=steps("transparent", (T["fallback_share_max"].value, "red")), threshold_style="dashed")
-    b.series("Backend errors and retries", "Failed requests to the backend per second by operation, and writes "
-             "retried because another replica changed the call first.", [
+    b.series("Backend errors and retries", "Failed requests to the backend per second by operation, writes "
+             "retried because another replica changed the call first, and notifications correlated locally "
+             "because the backend was behind.", [
                  target(f"sum by (operation) ({rate('mtt_state_backend_errors_total')})", "errors {{operation}}"),
                  target(f"sum({rate('mtt_state_backend_retries_total')})", "retries"),
+                 target(f"sum by (instance) ({rate('mtt_state_backend_overflows_total')})",
+                        "local, backend behind {{instance}}"),
              ], unit="cps", w=6, thresholds=steps("green", (0.000001, "red")))
 
     b.row("Process")

@@ -256,6 +256,20 @@ class _BackendCollector(Collector):
             "mtt_state_backend_fallbacks",
             "Notifications correlated in local memory: backend unreachable, or their call is held locally since.",
             value=stats.fallbacks)
+        yield GaugeMetricFamily(
+            "mtt_state_backend_queued",
+            "Notifications answered and waiting to be applied in the shared state backend.",
+            value=stats.queued)
+        yield GaugeMetricFamily(
+            "mtt_state_backend_behind",
+            "1 while the shared state backend cannot keep up (too many notifications queued): "
+            "the notifications of new calls are correlated in local memory.",
+            value=float(stats.behind))
+        yield CounterMetricFamily(
+            "mtt_state_backend_overflows",
+            "Notifications correlated in local memory because the shared state backend was behind "
+            "(also counted in mtt_state_backend_fallbacks_total).",
+            value=stats.overflows)
         yield CounterMetricFamily(
             "mtt_state_backend_retries",
             "Writes of a call retried because it was not as this replica last saw it (written by another replica or request).",

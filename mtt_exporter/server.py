@@ -357,15 +357,20 @@ async def _notify(request: web.Request, body: bytes) -> web.Response:
 
     received, now = app[CLOCK](), app[TIMER]()
     correlator, shared = app[CORRELATOR], app[SHARED]
-    accepted = duplicates = 0
+    accepted = duplicates = queued = 0
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             notification = parse(item, received)  # event times are wall-clock Unix seconds
             if shared is None:
                 duplicate, facts = correlator.apply(notification, now)
-            else:
-                duplicate, facts = await shared.apply(notification, now)
+            else:  # answered once queued: recorded by `_deliver` when the backend has applied it
+                result = shared.submit(notification, now, received=received)
+                if result is None:
+                    accepted += 1
+                    queued += 1
+                    continue
+                duplicate, facts = result if isinstance(result, tuple) else await result
         except PayloadError as error:
             errors.append({"index": index, "reason": error.reason.value, "error": error.message})
             continue
@@ -388,6 +393,11 @@ async def _notify(request: web.Request, body: bytes) -> web.Response:
         return web.json_response(
             {"status": "error", "accepted": accepted, "duplicates": duplicates, "errors": errors}, status=400
         )
+    if queued:  # their duplicates are not known yet: counted in the metrics, not here
+        body = _QUEUED_BODY if accepted == 1 else None
+        if body is not None:
+            return web.Response(body=body, content_type="application/json", charset="utf-8")
+        return web.json_response({"status": "ok", "accepted": accepted, "duplicates": duplicates, "queued": queued})
     body = _OK_BODIES.get((accepted, duplicates))
     if body is not None:
         return web.Response(body=body, content_type="application/json", charset="utf-8")
@@ -427,6 +437,24 @@ def _wrong_method(allowed: list[str]) -> Callable[[web.Request], Awaitable[web.R
 _OK_BODIES = {
     (1, d): json.dumps({"status": "ok", "accepted": 1, "duplicates": d}).encode() for d in (0, 1)
 }
+_QUEUED_BODY = json.dumps({"status": "ok", "accepted": 1, "duplicates": 0, "queued": 1}).encode()
+
+
+def _deliver(metrics: Metrics) -> Callable[[Notification, float, Any], None]:
+    """Records a notification that was answered before the state backend applied it."""
+
+    def deliver(n: Notification, received: float, result: Any) -> None:
+        if isinstance(result, PayloadError):  # too many notifications for its call: refused late
+            metrics.reject(result.reason)
+            log.debug("rejected queued notification", extra={"reason": result.reason.value, "error": result.message})
+            return
+        duplicate, facts = result
+        metrics.record_notification(n, received, duplicate)
+        metrics.record_facts(facts)
+        if log.isEnabledFor(logging.DEBUG):
+            _log_accepted(n, duplicate)
+
+    return deliver
 
 
 def _log_accepted(n: Notification, duplicate: bool) -> None:
@@ -460,9 +488,10 @@ async def handle_ready(request: web.Request) -> web.Response:
     """GET /-/ready: ready to ingest (503 until start-up finished); "degraded" without Redis."""
     if request.app[READY].is_set():
         shared = request.app[SHARED]
-        if shared is not None and not shared.up:
+        if shared is not None and (not shared.up or shared.stats.behind):
             # still 200: a 503 would take every replica out of the load balancer at once
-            return web.json_response({"status": "degraded", "state_backend": "unreachable"})
+            problem = "unreachable" if not shared.up else "behind"
+            return web.json_response({"status": "degraded", "state_backend": problem})
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "starting"}, status=503)
 
@@ -765,6 +794,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if shared is not None:  # answered notifications still queued for the backend
+        await shared.flush()
     app[REFUSALS].flush(time.monotonic(), force=True)
     if RECORDER in app:
         app[RECORDER].close()
@@ -844,6 +875,7 @@ def create_app(
     shared = None
     if settings.state_backend is not None:
         shared = SharedState(settings.state_backend.get_secret_value(), correlator)
+        shared.deliver = _deliver(metrics)
         metrics.track_backend(shared.stats)
     app[SETTINGS], app[METRICS], app[CORRELATOR], app[CLOCK] = settings, metrics, correlator, clock
     app[TIMER] = ProcessClock(clock, monotonic)

@@ -10,8 +10,14 @@ that succeeded, so a notification or a decision is counted once, whichever repli
 
 A write needs no read first when this replica can guess the call: absent (its first
 notification), or as this replica last wrote it (a small cache); a wrong guess costs the
-round trip a read would have. Requests for one call on one replica take turns; the
-commands of concurrent requests share one pipeline per round trip.
+round trip a read would have.
+
+A request does not wait for any of this: `submit` queues the notification and the request
+is answered; one task per call applies the call's queued notifications in order, and hands
+each result to `deliver` (server.py records the metrics then). The commands of all calls
+share up to PIPELINES round trips in flight (`Pipeliner`), each bounded in time, so neither
+the round-trip time nor a hung Redis holds a request; a Redis too slow for the traffic shows
+as `behind` (MAX_QUEUED), never as a refusal.
 
 Keys. Calls are spread over SHARDS shards by a CRC of the conf id; every key of a shard
 carries the hash tag `{mtt-<shard>}`, so Redis Cluster keeps a call and its indexes in one
@@ -25,9 +31,10 @@ slot and the compare-and-set updates them atomically:
   entry when the lease ends. Its write of the decided call removes the entry;
 - `{mtt-N}:seen`: conf id -> last receipt time: the oldest is evicted at `--max-calls`.
 
-If Redis fails, notifications are correlated in local memory (the `Correlator` the default
-uses), `up` turns false, and the ticker probes Redis every second until it answers. A call
-that received a notification in local memory stays there until it ends or expires.
+If Redis fails or a round trip outlasts its bound, notifications are correlated in local
+memory (the `Correlator` the default uses), `up` turns false, and the ticker probes Redis
+every second until it answers. A call that received a notification in local memory stays
+there until it ends or expires.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ import json
 import logging
 import os
 import zlib
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -50,13 +59,14 @@ from .correlator import (
     Correlator,
     EvictionReason,
     Fact,
+    MAX_NOTIFICATIONS_PER_CALL,
     apply,
     call_from_dict,
     call_to_dict,
     drop,
     settle,
 )
-from .model import Notification
+from .model import Notification, PayloadError, Reason
 
 try:
     import redis.asyncio as aioredis
@@ -64,7 +74,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
 
     BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, asyncio.TimeoutError)
 except ImportError:  # the `redis` extra is not installed
@@ -83,11 +93,30 @@ CLAIM_BATCH = 64
 CLAIM_ROUNDS = 8
 #: Compare-and-set attempts before a notification is correlated locally instead.
 ATTEMPTS = 16
-#: Default socket timeouts: a hung Redis delays a notification by at most this.
-TIMEOUT_SECONDS = 1.0
-#: Notification updates and due calls handled at once.
-MAX_IN_FLIGHT = 64
-EXPIRE_IN_FLIGHT = 16
+#: Bound of one round trip to the backend: its usual time (a moving average) plus
+#: TIMEOUT_SECONDS, at most MAX_TIMEOUT_SECONDS. Past it the notifications it carried are
+#: correlated in local memory and the backend counts as down until a probe answers (every
+#: second). Requests never wait for the backend (see `SharedState.submit`): this bounds how
+#: long a notification stays queued when Redis hangs (plus connecting, if the connection
+#: is new). The margin over the usual round trip keeps a busy host from tripping it.
+TIMEOUT_SECONDS = 0.5
+MAX_TIMEOUT_SECONDS = 0.9
+#: Bound of connecting (a TCP handshake and up to four round trips of set-up in redis-py),
+#: done at start and
+#: after a failure only.
+CONNECT_TIMEOUT_SECONDS = 2.0
+#: Round trips in flight at once, each on its own connection (see `Pipeliner`).
+PIPELINES = 4
+#: Notifications answered and waiting for the backend: past MAX_QUEUED the notifications of
+#: new calls are correlated locally ("behind", visible in /-/ready and the metrics) until the
+#: queue is down to half; past twice that, a request waits for its notification instead.
+MAX_QUEUED = 4096
+#: At shutdown, notifications still queued this long are correlated locally (and saved
+#: with the --state-file, if any).
+FLUSH_SECONDS = 5.0
+#: Due calls decided at once by the tick: each takes one or two round trips, so at a long
+#: round trip this is what keeps decisions up with the calls that come in.
+EXPIRE_IN_FLIGHT = 256
 #: Calls whose last write by this replica is remembered, to write without reading first.
 CACHED_CALLS = 10_000
 #: URL schemes: a single endpoint, a Cluster (one node to start from), Sentinel.
@@ -149,7 +178,25 @@ class BackendStats:
     in_progress: int = 0
     fallbacks: int = 0
     retries: int = 0
+    #: notifications answered and not yet applied; true while more than MAX_QUEUED were
+    #: (until half drained), and the notifications correlated locally because of it
+    queued: int = 0
+    behind: bool = False
+    overflows: int = 0
     errors: dict[BackendOperation, int] = field(default_factory=lambda: dict.fromkeys(BackendOperation, 0))
+
+
+Result = tuple[bool, list[Fact]]
+#: Receives (notification, the `received` given to `submit`, its result or the PayloadError
+#: that refused it).
+Deliver = Callable[[Notification, float, "Result | PayloadError"], None]
+#: A queued notification: (it, the time to apply it at, when it was received, a future to
+#: answer or None to `deliver`)
+Queued = tuple[Notification, float, float, "asyncio.Future | None"]
+
+
+def _ignore(n: Notification, received: float, result: Result | PayloadError) -> None:
+    """The default `SharedState.deliver`: results of queued notifications are dropped."""
 
 
 class Contended(Exception):
@@ -212,8 +259,8 @@ def check_url(url: str) -> None:
 def connect(url: str) -> Any:
     """A client for `url` (see SCHEMES), failing fast: no retries, short timeouts."""
     options: dict[str, Any] = dict(
-        socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
+        socket_timeout=MAX_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),  # a failure means fallback at once, not a wait
         client_name="mtt-exporter",
     )
@@ -228,7 +275,7 @@ def connect(url: str) -> Any:
         sentinel_auth = {"password": s.sentinel_password} if s.sentinel_password else {}
         sentinel = Sentinel(s.hosts, sentinel_kwargs={**options, **sentinel_auth, "ssl": s.tls}, **options)
         return sentinel.master_for(s.service, db=s.db, ssl=s.tls, **s.auth, **options)
-    return aioredis.Redis.from_url(url, max_connections=MAX_IN_FLIGHT + EXPIRE_IN_FLIGHT + 8, **options)
+    return aioredis.Redis.from_url(url, max_connections=PIPELINES + 8, **options)
 
 
 def next_due(call: Call, ttl: float) -> float:
@@ -238,48 +285,116 @@ def next_due(call: Call, ttl: float) -> float:
     return deadline if deadline is not None and deadline < expiry else expiry
 
 
-class Pipeliner:
-    """Commands of concurrent requests sent together: one pipeline (one round trip) at a
-    time carries everything queued while the previous one was on its way. The commands of
-    one request stay together and in order. Python's cost per round trip, not Redis's,
-    limits a replica, so this multiplies its throughput under load."""
+def _packed(command: tuple[object, ...]) -> bytes:
+    """`command` in RESP, as redis-py's encoder writes it (bytes as they are, str as UTF-8,
+    numbers as repr), at a fifth of its cost: the hot path writes one command per notification."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif not isinstance(arg, bytes):
+            arg = repr(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
 
-    def __init__(self, redis: Any) -> None:
-        self.redis = redis
+
+class Pipeliner:
+    """Commands of concurrent requests sent together. Up to `pipelines` round trips are in
+    flight at once, each on a connection of its own, and each carries everything queued
+    while the others were on their way: at a long round trip a replica's throughput is the
+    commands per pipeline times `pipelines` per round trip, not one request per round trip.
+    The commands of one `send` stay together and in order. Every round trip (connecting
+    included) is bounded by `timeout`; when one fails, the commands queued behind it fail
+    at once too, rather than each waiting for its own timeout."""
+
+    def __init__(self, redis: Any, timeout: float = TIMEOUT_SECONDS, most: float = MAX_TIMEOUT_SECONDS,
+                 pipelines: int = PIPELINES) -> None:
+        self.redis, self.timeout, self.most, self.pipelines = redis, timeout, most, pipelines
+        #: the usual round trip: a moving average of those that succeeded
+        self.round_trip = 0.0
         self._queue: list[tuple[tuple[tuple[object, ...], ...], asyncio.Future]] = []
-        self._sender: asyncio.Task | None = None
+        self._running = 0
+        self._tasks: set[asyncio.Task] = set()
+        # a Cluster spreads a pipeline over its nodes itself; elsewhere commands go straight
+        # to a connection (redis-py's Pipeline costs more Python per round trip than Redis does)
+        self._direct = getattr(redis, "connection_pool", None) is not None
 
     async def send(self, *commands: tuple[object, ...]) -> list[Any]:
         """Results of `commands` (an exception object for one that failed); raises when
-        the connection failed."""
+        the round trip failed or took longer than the timeout."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append((commands, future))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._run())
+        if self._running < self.pipelines:
+            self._running += 1
+            task = asyncio.create_task(self._run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _run(self) -> None:
+        connection = None
+        pool = self.redis.connection_pool if self._direct else None
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                pipe = self.redis.pipeline(transaction=False)
-                for commands, _ in batch:
-                    for command in commands:
-                        pipe.execute_command(*command)
+                commands = [command for request, _ in batch for command in request]
                 try:
-                    results = await pipe.execute(raise_on_error=False)
+                    if pool is not None and (connection is None or not connection.is_connected):
+                        # connecting takes round trips of its own (TCP, CLIENT SETNAME, SETINFO)
+                        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                            if connection is None:
+                                connection = await pool.get_connection()
+                            else:
+                                await connection.connect()
+                    started = loop.time()
+                    async with asyncio.timeout(min(self.round_trip + self.timeout, self.most)):
+                        if pool is None:
+                            results = await self._pipeline(commands)
+                        else:
+                            results = await self._direct_round_trip(connection, commands)
+                    self.round_trip += (loop.time() - started - self.round_trip) / 8
                 except Exception as error:
+                    if connection is not None:
+                        await connection.disconnect(nowait=True)  # its replies may still come: never reuse it
+                    batch += self._queue  # queued behind a failed round trip: fail now, not one timeout each
+                    self._queue = []
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
                 start = 0
-                for commands, future in batch:
+                for request, future in batch:
                     if not future.done():
-                        future.set_result(results[start:start + len(commands)])
-                    start += len(commands)
+                        future.set_result(results[start:start + len(request)])
+                    start += len(request)
         finally:
-            self._sender = None
+            self._running -= 1
+            if connection is not None and pool is not None:
+                await pool.release(connection)
+
+    async def _pipeline(self, commands: list[tuple[object, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    @staticmethod
+    async def _direct_round_trip(connection: Any, commands: list[tuple[object, ...]]) -> list[Any]:
+        await connection.send_packed_command(b"".join(map(_packed, commands)), check_health=False)
+        parser = getattr(connection, "_parser", None)
+        if parser is not None:
+            # the parser itself: an error reply comes back as an exception object, and none of
+            # Connection.read_response's per-reply timeout and bookkeeping (the round trip
+            # has its own bound), which cost more than the parsing
+            return [await parser.read_response() for _ in commands]
+        results: list[Any] = []
+        for _ in commands:
+            try:
+                results.append(await connection.read_response())
+            except ResponseError as error:  # one command's error: the replies stay in step
+                results.append(error)
+        return results
 
 
 class _Shard:
@@ -307,7 +422,7 @@ def _opened(facts: list[Fact]) -> int:
 
 def _pair(reply: list) -> tuple[bytes, float]:
     """(member, score) of a one-entry ZRANGE WITHSCORES reply, RESP3 [[m, s]] or RESP2 [m, s]."""
-    member, score = reply[0] if isinstance(reply[0], list) else reply
+    member, score = reply[0] if isinstance(reply[0], list | tuple) else reply
     return member, float(score)
 
 
@@ -323,14 +438,18 @@ class SharedState:
         self.stats = BackendStats()
         self.redis = connect(url)
         self._pipe = Pipeliner(self.redis)
-        self._gate = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._key_ttl_ms = int((self.ttl + KEY_TTL_MARGIN) * 1000)
         self._tokens = (f"{os.urandom(4).hex()}.{i}".encode() for i in itertools.count())
         self._sha: dict[str, str] = {}
-        #: conf id -> (token, JSON) of this replica's last write of the call
-        self._written: dict[str, tuple[bytes, bytes]] = {}
-        #: conf id -> done when the last request queued for the call is
-        self._busy: dict[str, asyncio.Future] = {}
+        #: conf id -> (token, call) of this replica's last write of the call; taken out by
+        #: whoever uses it, as the call is then changed in place
+        self._written: dict[str, tuple[bytes, Call]] = {}
+        #: conf id -> its notifications waiting for the backend, in order of receipt; the
+        #: first is being applied. One task per call drains it.
+        self._pending: dict[str, deque[Queued]] = {}
+        self._drains: set[asyncio.Task] = set()
+        #: where the result of a notification answered before it was applied goes
+        self.deliver: Deliver = _ignore
 
     @property
     def up(self) -> bool:
@@ -348,46 +467,137 @@ class SharedState:
 
     # --- notifications ----------------------------------------------------------------
 
-    async def apply(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
+    def submit(self, n: Notification, now: float, wait: bool = False,
+               received: float | None = None) -> Result | asyncio.Future | None:
+        """Take one notification received at `now`, without waiting for the backend.
+
+        None: queued for the backend; the request may be answered now, and the result goes
+        to `deliver` once applied. A future (with `wait`, or past 2 x MAX_QUEUED): queued,
+        and the future gives the result. A result: applied in local memory right away
+        (backend down, call held locally, or the backend behind by more than MAX_QUEUED).
+        Notifications of one call are applied in the order they came, one at a time.
+        Raises PayloadError (too_many_items) for a call with MAX_NOTIFICATIONS_PER_CALL queued.
+        `received` (default `now`) is handed to `deliver` as it is.
+        """
+        stats = self.stats
+        conf_id = n.conf_id
+        chain = self._pending.get(conf_id)
+        if chain is None and (not stats.up or conf_id in self.local.calls):
+            stats.fallbacks += 1
+            return self.local.apply(n, now)
+        if chain is None and stats.queued >= MAX_QUEUED:
+            if not stats.behind:
+                stats.behind = True
+                log.warning("state backend behind: new calls correlated in local memory",
+                            extra={"backend": masked_url(self.url), "queued": stats.queued})
+            stats.overflows += 1
+            stats.fallbacks += 1
+            return self.local.apply(n, now)
+        future = asyncio.get_running_loop().create_future() if wait or stats.queued >= 2 * MAX_QUEUED else None
+        if chain is None:
+            self._pending[conf_id] = deque([(n, now, now if received is None else received, future)])
+            task = asyncio.create_task(self._drain(conf_id))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        elif len(chain) >= MAX_NOTIFICATIONS_PER_CALL:
+            raise PayloadError(Reason.TOO_MANY_ITEMS, f"call has more than {MAX_NOTIFICATIONS_PER_CALL} notifications")
+        else:
+            chain.append((n, now, now if received is None else received, future))
+        stats.queued += 1
+        return future
+
+    async def apply(self, n: Notification, now: float) -> Result:
         """Apply one notification received at `now` to its call, in Redis if it answers."""
+        result = self.submit(n, now, wait=True)
+        return await result if isinstance(result, asyncio.Future) else result
+
+    async def _drain(self, conf_id: str) -> None:
+        """Apply the notifications queued for one call, in order."""
+        chain = self._pending[conf_id]
+        stats = self.stats
+        try:
+            while chain:
+                n, now, received, future = chain[0]
+                try:
+                    result: Result | PayloadError = await self._apply(n, now)
+                except PayloadError as error:
+                    result = error
+                except asyncio.CancelledError:  # shutdown past its bound: the rest in local memory
+                    self._apply_locally(chain)
+                    raise
+                except Exception:  # a bug of ours: counted as refused, the rest of the call goes on
+                    log.exception("failed on a queued notification")
+                    result = PayloadError(Reason.INTERNAL, "internal error")
+                chain.popleft()
+                stats.queued -= 1
+                if future is None:
+                    self.deliver(n, received, result)
+                elif isinstance(result, PayloadError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            del self._pending[conf_id]
+            if stats.behind and stats.queued <= MAX_QUEUED // 2:
+                stats.behind = False
+                log.warning("state backend caught up", extra={"backend": masked_url(self.url), "queued": stats.queued})
+
+    def _apply_locally(self, chain: deque[Queued]) -> None:
+        stats = self.stats
+        while chain:
+            n, now, received, future = chain.popleft()
+            stats.queued -= 1
+            stats.fallbacks += 1
+            try:
+                result: Result | PayloadError = self.local.apply(n, now)
+            except PayloadError as error:
+                result = error
+            if future is None:
+                self.deliver(n, received, result)
+            elif future.done():
+                pass
+            elif isinstance(result, PayloadError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _apply(self, n: Notification, now: float) -> Result:
+        """One notification, in Redis if it answers and its call is not held locally."""
         stats = self.stats
         if stats.up and n.conf_id not in self.local.calls:
-            async with self._gate:
-                if stats.up:  # it may have gone down while this waited
-                    try:
-                        return await self._apply(n, now)
-                    except Contended:
-                        log.warning("call updated concurrently too often; correlated locally")
-                    except BACKEND_ERRORS as error:
-                        self._failed(BackendOperation.APPLY, error)
+            try:
+                return await self._update(n, now)
+            except PayloadError:
+                raise
+            except Contended:
+                log.warning("call updated concurrently too often; correlated locally")
+            except Exception as error:  # noqa: BLE001 - whatever broke, the notification is not lost
+                self._failed(BackendOperation.APPLY, error)
         stats.fallbacks += 1
         return self.local.apply(n, now)
 
-    async def _apply(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
-        """One request at a time per call on this replica: the next waits for the one
-        before, instead of racing it and retrying."""
-        conf_id = n.conf_id
-        before = self._busy.get(conf_id)
-        done = self._busy[conf_id] = asyncio.get_running_loop().create_future()
-        try:
-            if before is not None:
-                await before
-            return await self._update(n, now)
-        finally:
-            done.set_result(None)
-            if self._busy.get(conf_id) is done:
-                del self._busy[conf_id]
+    async def flush(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Wait up to `timeout` for the queued notifications; apply the rest in local memory."""
+        if not self._drains:
+            return
+        _, late = await asyncio.wait(set(self._drains), timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.warning("state backend too slow at shutdown: queued notifications correlated locally",
+                        extra={"backend": masked_url(self.url), "calls": len(late)})
 
     async def _update(self, n: Notification, now: float) -> tuple[bool, list[Fact]]:
         conf_id = n.conf_id
-        token, data = self._written.get(conf_id, (b"", None))  # the guess
+        token, call = self._written.pop(conf_id, None) or (b"", None)  # the guess
         evicted: list[Fact] = []
-        if data is None and self.stats.calls >= self.max_calls:  # evict only for a call that is new
+        if call is None and self.stats.calls >= self.max_calls:  # evict only for a call that is new
             token, data = await self._read(conf_id)
-            if data is None:
+            call = self._decode(data)
+            if call is None:
                 evicted = await self._evict()
         for _ in range(ATTEMPTS):
-            call = self._decode(data)
             facts: list[Fact] = []
             if call is None:
                 call, new = Call(now), True
@@ -401,6 +611,7 @@ class SharedState:
                     self.stats.calls += 1
                 return duplicate, facts + more + evicted
             token, data = result  # the call as it is now
+            call = self._decode(data)
             self.stats.retries += 1
         raise Contended
 
@@ -411,6 +622,8 @@ class SharedState:
         if not self.stats.up:
             await self._probe()
             return []
+        # nothing is decided past a notification this replica received and has not applied yet
+        now = min((chain[0][1] for chain in self._pending.values()), default=now) if self._pending else now
         facts: list[Fact] = []
         try:
             for _ in range(CLAIM_ROUNDS):
@@ -442,9 +655,13 @@ class SharedState:
 
     async def _decide(self, conf_id: str, now: float) -> list[Fact]:
         """The decisions due for one claimed call, written (which releases the claim)."""
-        token, data = await self._read(conf_id)
-        for _ in range(ATTEMPTS):
+        guess = self._written.pop(conf_id, None)  # as in `_update`
+        if guess is not None:
+            token, call = guess
+        else:
+            token, data = await self._read(conf_id)
             call = self._decode(data)
+        for _ in range(ATTEMPTS):
             facts: list[Fact] = []
             if call is None:
                 shard = self.shard(conf_id)
@@ -461,6 +678,7 @@ class SharedState:
             if result == 1:
                 return facts
             token, data = result
+            call = self._decode(data)
             self.stats.retries += 1
         raise Contended
 
@@ -528,8 +746,8 @@ class SharedState:
         if result == 1:
             cache = self._written
             cache.pop(conf_id, None)
-            if data:
-                cache[conf_id] = (new, data)
+            if call is not None:
+                cache[conf_id] = (new, call)
                 if len(cache) > CACHED_CALLS:
                     del cache[next(iter(cache))]
         return result
@@ -551,7 +769,7 @@ class SharedState:
         try:
             pool = getattr(self.redis, "connection_pool", None)
             if pool is not None:
-                await pool.disconnect()  # none of the broken connections is reused
+                await pool.disconnect(inuse_connections=False)  # none of the broken connections is reused
             await self.redis.ping()
             await self._load_scripts()
             await self._count()
@@ -568,7 +786,8 @@ class SharedState:
             self.stats.up = False
             log.warning(
                 "state backend unreachable: correlating in local memory",
-                extra={"backend": masked_url(self.url), "operation": operation.value, "error": str(error)},
+                extra={"backend": masked_url(self.url), "operation": operation.value,
+                       "error": f"{type(error).__name__}: {error}"[:200]},
             )
 
     async def start(self) -> None:

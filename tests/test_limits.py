@@ -60,6 +60,11 @@ class _SlowBackend:
         await self.release.wait()
         return self.correlator.apply(n, now)
 
+    def submit(self, n, now: float, received: float | None = None):
+        return asyncio.ensure_future(self.apply(n, now))  # the request waits for it, as past the queue bound
+
+    async def flush(self) -> None: ...
+
 
 async def test_concurrency_limit_answers_429_and_counts_overloaded(aiohttp_client, clock, seed_call):
     settings = Settings(_cli_parse_args=[], max_concurrent_requests=2)  # type: ignore[call-arg]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -21,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mtt_exporter.model import EVENT_BY_CODE
 from mtt_exporter.simulate import EXPECTED_STATUS, Delivery, SimConfig, Truth, diff, generate
 
-from .process import Exporter
+from .process import ROOT, Exporter
 
 TTL, GRACE = 3.0, 1.0
 #: Counted per notification at receipt: exact even while correlation falls back to memory.
@@ -195,3 +197,30 @@ async def test_redis_restart_costs_only_the_calls_it_touched(replicas, redis_ser
     print(f"\nRedis restart: {touched} calls touched, counted {counted:g} times; "
           f"{answered:g} answered of {truth.get('mtt_calls_total', outcome='answered'):g}; "
           f"{len(problems)} call-level series off")
+
+
+async def test_random_split_through_a_200ms_backend_sums_to_the_truth(redis_server, tmp_path):
+    """Redis 200 ms away (#9): every notification answered at once (no 429), none lost, the
+    same numbers; a grace period longer than a few round trips, as the default 15 s is."""
+    proxy = subprocess.Popen([sys.executable, "-m", "tests.delay_proxy", "--target", str(redis_server.port), "--rtt", "0.2"],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)  # a process of its own: not slowed by the load
+    try:
+        flags = ["--state-backend", f"redis://127.0.0.1:{int(proxy.stdout.readline())}/0",
+                 "--call-end-grace", "3", "--call-ttl", "8"]
+        slow = [Exporter(tmp_path, *flags).start() for _ in range(2)]
+        try:
+            workload = generate(traffic(300, seed=7))
+            baseline = await scrape(slow)
+            assert await send(slow, workload.deliveries, workload.truth, seed=7, both=0.05, window=64) == {}
+            exposition = await settled(slow)
+            assert value(exposition, "mtt_state_backend_fallbacks_total") == 0, [r.log()[-1500:] for r in slow]
+            assert value(exposition, "mtt_state_backend_queued") == 0
+            assert diff(workload.truth, exposition, baseline) == []
+        finally:
+            for replica in slow:
+                assert replica.stop() == 0
+                assert "Traceback" not in replica.log(), replica.log()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        proxy.stdout.close()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 from collections import Counter
 
 import pytest
 import redis
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from mtt_exporter.correlator import (
     CallStarted,
@@ -23,11 +24,14 @@ from mtt_exporter.correlator import (
     Phase,
     RingOutcome,
 )
-from mtt_exporter.server import METRICS
+from mtt_exporter import state as state_module
+from mtt_exporter.metrics import Metrics
+from mtt_exporter.server import METRICS, SHARED
 from mtt_exporter.settings import Settings
 from mtt_exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
 
 from .conftest import need_binary
+from .delay_proxy import DelayProxy
 from .process import free_port
 from .redis_server import RedisClusterNodes, RedisSentinel
 from .test_correlator import B1, NOW, SCENARIOS, SEED, SEED_DURATIONS, calls, check_scenario, durations, legs, note
@@ -75,22 +79,15 @@ async def test_scenario_on_two_replicas(pair, case):
 async def test_concurrent_updates_of_one_call_are_both_applied(pair):
     a, b = pair
     computed, go = asyncio.Event(), asyncio.Event()
-    real_pipeline = a.redis.pipeline
+    real_round_trip = a._pipe._direct_round_trip
 
-    def paused_pipeline(**kwargs):  # a computes its write, b writes, then a's write goes out
-        pipe = real_pipeline(**kwargs)
-        real_execute = pipe.execute
+    async def paused_round_trip(connection, commands):  # a computes its write, b writes, then a's goes out
+        if not computed.is_set():
+            computed.set()
+            await go.wait()
+        return await real_round_trip(connection, commands)
 
-        async def execute(**kw):
-            if not computed.is_set():
-                computed.set()
-                await go.wait()
-            return await real_execute(**kw)
-
-        pipe.execute = execute
-        return pipe
-
-    a.redis.pipeline = paused_pipeline
+    a._pipe._direct_round_trip = paused_round_trip
     first = asyncio.create_task(a.apply(SEED[2][1], NOW))  # o
     await computed.wait()
     second = await b.apply(SEED[3][1], NOW)  # s, written while a's write of o is on its way
@@ -190,7 +187,9 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
     client, app = await make_client(state_backend=redis_server.url)
     assert await (await client.get("/-/ready")).json() == {"status": "ready"}
     redis_server.stop()
-    assert (await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1_767_225_600})).status == 200
+    response = await client.post("/notify", json={"h323_conf_id": "X", "event": {"type": "o"}, "date_time": 1_767_225_600})
+    assert (response.status, await response.json()) == (200, {"status": "ok", "accepted": 1, "duplicates": 0, "queued": 1})
+    await app[SHARED].flush()  # answered once queued: now it has been tried, and fell back
     response = await client.get("/-/ready")
     assert (response.status, await response.json()) == (200, {"status": "degraded", "state_backend": "unreachable"})
     registry = app[METRICS].registry
@@ -316,3 +315,130 @@ def test_sentinel_url():
     parsed = SentinelURL.parse("rediss+sentinel://u:p%40ss@h1:26379,[::1]:26380,h3/mymaster/2?sentinel_password=s")
     assert parsed == SentinelURL([("h1", 26379), ("::1", 26380), ("h3", 26379)], "mymaster", 2,
                                  {"username": "u", "password": "p@ss"}, "s", True)
+
+
+# --- a slow, hung or blackholed backend (#9): requests never wait for it -----------------
+
+
+class HeldRoundTrips:
+    """Round trips of `state` held until `release()`: a backend that answers late."""
+
+    def __init__(self, state: SharedState) -> None:
+        self.released = asyncio.Event()
+        self.sent: list[int] = []  # commands per round trip
+        self.in_flight = self.most_in_flight = 0
+        real = state._pipe._direct_round_trip
+
+        async def held(connection, commands):
+            self.sent.append(len(commands))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await self.released.wait()
+                return await real(connection, commands)
+            finally:
+                self.in_flight -= 1
+
+        state._pipe._direct_round_trip = held
+        state._pipe.timeout = state._pipe.most = 3600.0  # late, not failed
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.fixture
+async def slow(redis_server):
+    """A replica whose Redis answers only when told to, recording what it delivers."""
+    state = SharedState(redis_server.url, Correlator(ttl=TTL, grace=GRACE, max_calls=1000))
+    await state.start()
+    delivered: list = []
+    state.deliver = lambda n, now, result: delivered.append((n.conf_id, result))
+    held = HeldRoundTrips(state)
+    yield state, held, delivered
+    held.release()
+    await state.flush()
+    await state.close()
+
+
+async def test_round_trips_carry_the_notifications_queued_meanwhile(slow):
+    state, held, delivered = slow
+    assert all(state.submit(note("o", 0, B1, conf=f"N{i}"), NOW) is None for i in range(200))  # answered at once
+    await asyncio.sleep(0)
+    assert held.most_in_flight == len(held.sent) <= state_module.PIPELINES  # not one round trip per request
+    held.release()
+    await asyncio.wait(set(state._drains))
+    assert len(held.sent) <= 2 * state_module.PIPELINES and sum(held.sent) == 200
+    assert sorted(conf for conf, _ in delivered) == sorted(f"N{i}" for i in range(200))
+    assert all(result[1] == [CallStarted()] for _, result in delivered)
+    assert (state.stats.queued, state.stats.fallbacks) == (0, 0)
+
+
+async def test_notifications_of_one_call_are_applied_in_order_while_queued(slow):
+    state, held, delivered = slow
+    for offset, n in SEED:
+        assert state.submit(n, NOW + offset) is None
+    held.release()
+    await asyncio.wait(set(state._drains))
+    facts = [fact for _, (_, more) in delivered for fact in more]
+    facts += await state.expire(NOW + SEED[-1][0] + GRACE + 1)
+    assert durations(facts) == SEED_DURATIONS and calls(facts) == {"answered": 1}
+
+
+async def test_a_backend_that_falls_behind_degrades_visibly_and_loses_nothing(slow, monkeypatch, caplog):
+    state, held, delivered = slow
+    monkeypatch.setattr(state_module, "MAX_QUEUED", 4)
+    registry = CollectorRegistry()
+    Metrics(registry).track_backend(state.stats)
+    answers = [state.submit(note("o", 0, B1, conf=f"B{i}"), NOW) for i in range(10)]
+    assert answers[:4] == [None] * 4  # queued
+    assert answers[4:] == [(False, [CallStarted()])] * 6  # behind: new calls correlated locally, still answered
+    assert registry.get_sample_value("mtt_state_backend_behind") == 1
+    assert registry.get_sample_value("mtt_state_backend_overflows_total") == 6
+    assert registry.get_sample_value("mtt_state_backend_queued") == 4
+    assert [r.getMessage() for r in caplog.records].count("state backend behind: new calls correlated in local memory") == 1
+    # calls already queued keep their order: queued behind, up to twice the bound, then the request waits
+    assert [state.submit(note("h", 3, B1, side="B", cause=17, conf=f"B{i}"), NOW) for i in range(4)] == [None] * 4
+    waiting = state.submit(note("h", 4, B1, side="A", cause=16, conf="B0"), NOW)
+    assert isinstance(waiting, asyncio.Future) and not waiting.done()
+    held.release()
+    assert (await waiting)[0] is False
+    await asyncio.wait(set(state._drains))
+    assert (state.stats.queued, state.stats.behind) == (0, False)
+    assert len(delivered) == 8 and len(state.local) == 6
+    assert sum(isinstance(f, CallStarted) for _, (_, facts) in delivered for f in facts) == 4  # 4 in Redis + 6 local
+
+
+@pytest.fixture
+async def proxy(redis_server):
+    async with DelayProxy(redis_server.port, rtt=0.0) as running:
+        yield running
+
+
+@pytest.mark.parametrize("fault", [pytest.param("hung", id="hung (SIGSTOP)"), pytest.param("blackhole", id="blackholed")])
+async def test_a_hung_or_blackholed_backend_is_failed_over_at_the_bound(make_client, redis_server, proxy, fault):
+    client, app = await make_client(state_backend=f"redis://127.0.0.1:{proxy.port}/0")
+    shared = app[SHARED]
+    registry = app[METRICS].registry
+    first = {"h323_conf_id": "F", "event": {"type": "o"}, "date_time": 1_767_225_600}
+    assert (await client.post("/notify", json=first)).status == 200
+    await asyncio.wait(set(shared._drains))
+    assert shared.up and registry.get_sample_value("mtt_calls_in_progress") == 1
+    if fault == "hung":
+        redis_server.process.send_signal(signal.SIGSTOP)
+    else:
+        proxy.blackhole = True
+    try:
+        response = await client.post("/notify", json={"h323_conf_id": "G", "event": {"type": "o"}, "date_time": 1_767_225_601})
+        # answered before the backend was even tried: the request waits for nothing
+        assert (response.status, (await response.json())["queued"]) == (200, 1)
+        assert (shared.stats.queued, shared.stats.errors["apply"]) == (1, 0)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait(set(shared._drains))  # ends at the round trip's bound, not the socket's
+        waited = asyncio.get_running_loop().time() - started
+        assert (shared.up, shared.stats.errors["apply"], shared.stats.fallbacks) == (False, 1, 1)
+        assert "G" in shared.local.calls and registry.get_sample_value("mtt_calls_in_progress") == 2
+        assert (await (await client.get("/-/ready")).json())["status"] == "degraded"
+        print(f"\n{fault}: correlated locally {waited:.2f} s after it was queued (bound {state_module.TIMEOUT_SECONDS} s beyond the usual)")
+    finally:
+        if fault == "hung":
+            redis_server.process.send_signal(signal.SIGCONT)
