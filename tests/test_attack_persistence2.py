@@ -280,6 +280,8 @@ def test_a_second_exporter_on_the_same_state_file_is_refused(tmp_path):
         finally:
             if second.process is not None and second.process.poll() is None:
                 second.stop()
+        refusal = [line for line in second.log().splitlines() if "in use by another exporter" in line]
+        assert len(refusal) == 1 and "--state-file" in refusal[0] and "Traceback" not in second.log()
     finally:
         first.stop()
 
@@ -505,3 +507,96 @@ def test_replay_counts_a_hostile_answer_as_a_failure(mode, result):
 def test_replay_does_not_read_a_huge_response_whole():
     stats, sent = replay_against("huge", size=256 << 20)
     assert sent <= 16 << 20, f"{sent >> 20} MiB read"
+
+
+# --- the fixes of round 2: the edges of what they promise -------------------------------------
+
+
+def test_a_loaded_file_that_can_be_neither_removed_nor_marked_is_not_restored(tmp_path, monkeypatch, caplog):
+    """A read-only directory: no unlink, no marker; the calls just read are dropped (counted
+    as `loaded`), since every start would otherwise restore them again."""
+    path = snapshot_file(tmp_path / "state.json")
+    real_unlink, real_open = Path.unlink, os.open
+
+    def unlink(self, *args, **kwargs):
+        if self == path:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    def open_(name, flags, *args, **kwargs):
+        if Path(name).name == ".state.json.loaded":
+            raise OSError(errno.EROFS, "Read-only file system", str(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(statefile_module.os, "open", open_)
+    state, correlator = loader(path)
+    assert state.load() == [] and len(correlator) == 0 and not correlator._deadlines
+    assert state.set_aside is SetAside.LOADED and "not restored" in caplog.text
+
+
+def test_a_removed_file_leaves_no_marker_and_a_new_snapshot_loads(tmp_path):
+    """The marker only refuses the snapshot of its date: a later save of the same path loads."""
+    path = snapshot_file(tmp_path / "state.json")
+    (tmp_path / ".state.json.loaded").write_text(repr(NOW + 30 - 1))  # an older snapshot's date
+    state, correlator = loader(path)
+    assert len(state.load()) == 1 and not path.exists()
+    assert not (tmp_path / ".state.json.loaded").exists()
+
+
+@pytest.mark.parametrize(("count", "loads"), [
+    pytest.param(MAX_NOTIFICATIONS_PER_CALL, True, id="at the live bound"),
+    pytest.param(MAX_NOTIFICATIONS_PER_CALL + 1, False, id="one over"),
+])
+@pytest.mark.parametrize("field", [pytest.param("legs", id="legs"), pytest.param("premedia", id="premedia")])
+def test_the_restored_bound_is_the_live_one(tmp_path, field, count, loads):
+    state, correlator = loader(bloated_call(tmp_path / "state.json", field, count))
+    state.load()
+    assert (state.set_aside is None and len(correlator) == 1) if loads else state.set_aside is SetAside.CORRUPT
+
+
+def test_set_aside_files_at_start_are_bounded_newest_kept(tmp_path):
+    path = tmp_path / "state.json"
+    (tmp_path / "state.json.corrupt-20000101T000000Z").write_text("round 1 name, oldest")
+    for n in range(6):  # bounded: 6 starts meeting a corrupt file
+        path.write_text(f"corrupt {n}")
+        state, _ = loader(path)
+        state.load()
+    kept = sorted((tmp_path / name).read_text() for name in asides(tmp_path))
+    assert len(kept) == statefile_module.KEEP_SET_ASIDE and kept == ["corrupt 3", "corrupt 4", "corrupt 5"]
+
+
+@pytest.mark.parametrize("kind", [pytest.param("file", id="file"), pytest.param("directory", id="directory")])
+def test_rename_noreplace_never_replaces(tmp_path, kind):
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir() if kind == "directory" else source.write_text("source")
+    target.write_text("target")
+    with pytest.raises(FileExistsError):
+        statefile_module.rename_noreplace(source, target)
+    assert target.read_text() == "target" and source.exists()
+    target.unlink()
+    statefile_module.rename_noreplace(source, target)
+    assert target.exists() and not source.exists()
+
+
+def test_the_lock_is_released_at_stop_and_the_next_start_takes_it(tmp_path):
+    path = tmp_path / "state.json"
+    for _ in range(2):  # bounded: two starts one after the other
+        Exporter(tmp_path, "--state-file", str(path)).start().stop()
+    assert (tmp_path / ".state.json.lock").exists()
+
+
+def test_a_second_exporter_on_the_same_record_file_is_refused(tmp_path):
+    path = tmp_path / "rec.jsonl"
+    first = Exporter(tmp_path, "--record", str(path)).start()
+    try:
+        second = Exporter(tmp_path, "--record", str(path))
+        try:
+            with pytest.raises(AssertionError):
+                second.start(timeout=15)
+        finally:
+            if second.process is not None and second.process.poll() is None:
+                second.stop()
+        assert "--record" in second.log() and "in use by another exporter" in second.log()
+    finally:
+        first.stop()
