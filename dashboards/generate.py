@@ -79,7 +79,16 @@ MEANINGS: dict[str, tuple[str, bool]] = {
     "fallback_share_max": ("share of notifications correlated in local memory instead of the shared backend, "
                            "5 minutes", True),
     "fallback_min_5m": ("traffic guard: notifications accepted by the instance in 5 minutes", False),
+    "service_level_seconds": (
+        "the service level counts calls answered within this many seconds of the caller's wait (a bucket of "
+        "mtt_call_wait_seconds)", False),
+    "line_answer_min": ("a line's answer rate (per call) over 5 minutes below this ...", True),
+    "line_service_level_min": ("... or its service level over 5 minutes below this ...", True),
+    "line_others_min": ("... while the answer rate of the job's other lines is at least this", True),
+    "line_min_calls_5m": ("traffic guard: calls ended on the line in 5 minutes", False),
 }
+#: The bucket bounds of mtt_call_wait_seconds (mtt_exporter.metrics.WAIT_BUCKETS; a test keeps them equal).
+WAIT_BUCKETS = (3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 
 
 def merge(base: dict, override: dict, where: str = "") -> dict:
@@ -133,6 +142,9 @@ class Config:
         hours = raw["thresholds"]["traffic_from_hour_utc"], raw["thresholds"]["traffic_until_hour_utc"]
         if not (isinstance(hours[0], int) and isinstance(hours[1], int) and 0 <= hours[0] < hours[1] <= 24):
             raise SystemExit(f"config: traffic hours must be whole hours, 0 <= from < until <= 24: {hours}")
+        if raw["thresholds"]["service_level_seconds"] not in WAIT_BUCKETS:
+            raise SystemExit(f"config: service_level_seconds must be a bucket of mtt_call_wait_seconds {WAIT_BUCKETS}: "
+                             f"{raw['thresholds']['service_level_seconds']}")
         return cls(
             selector=selector, aggregation=aggregation,
             thresholds={k: Threshold(number(k, v), *MEANINGS[k]) for k, v in raw["thresholds"].items()},
@@ -183,6 +195,17 @@ EFFECTIVE = f'outcome=~"{NER_EFFECTIVE}"'
 ENDED = f'outcome!~"{NER_EXCLUDED}"'
 NOT_NORMAL = 'cause_class!="normal"'
 CAPACITY = 'reason="capacity"'
+BUSY_NO_ANSWER = 'outcome=~"busy|no_answer"'
+#: Series that carry the `line` label, and the `destination` label (the dashboards filter them by
+#: the $line and $destination variables).
+LINE_METRICS = ("mtt_call_attempts_total", "mtt_call_answers_total", "mtt_call_hangups_total", "mtt_calls_total",
+                "mtt_call_wait_seconds")
+DESTINATION_METRICS = ("mtt_call_legs_total", "mtt_ring_duration_seconds")
+
+
+def service_level_bucket() -> str:
+    """The `le` matcher of the service-level threshold, as the exporter writes the bound."""
+    return f'le="{float(T["service_level_seconds"].value)}"'
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -232,8 +255,49 @@ def recording_rules(w: str) -> list[dict]:
         (f"{L('reason')}:mtt_notifications_rejected:ratio_rate{w}",
          f"{L('reason')}:mtt_notifications_rejected:rate{w}\n"
          f"  / on ({on()}) group_left {L()}:mtt_notifications_received:rate{w}"),
+        *line_rules(w),
     ]
     return [{"record": name, "expr": expr} for name, expr in rules]
+
+
+def line_rules(w: str) -> list[tuple[str, str]]:
+    """The contact centre's KPIs per line (and per destination group) over window `w`.
+
+    Service level: calls answered within service_level_seconds of the caller's wait over the calls
+    whose caller waited to the end (answered or abandoned). Abandonment: abandoned calls over calls
+    ended. ASR per line counts parallel-ringing losers as seizures (their legs have no line).
+    """
+    by, on, L = C.by, C.by, C.level
+
+    def r(metric: str, matchers: str = "") -> str:
+        return f"rate({C.sel(metric, matchers)}[{w}])"
+
+    calls = f"{L('line', 'outcome')}:mtt_calls:rate{w}"
+    return [
+        (calls, f"sum by ({by('line', 'outcome')}) ({r('mtt_calls_total')})"),
+        (f"{L('line')}:mtt_calls:rate{w}", f"sum by ({by('line')}) ({calls})"),
+        (f"{L('line')}:mtt_calls_answered:ratio_rate{w}",
+         f"sum by ({by('line')}) ({calls}{{{ANSWERED}}})\n  / {L('line')}:mtt_calls:rate{w}"),
+        # the answer rate of the job's other lines: a line collapsing alone stands out against it
+        (f"{L('line')}:mtt_calls_answered_others:ratio_rate{w}",
+         f"(\n    sum by ({by()}) ({calls}{{{ANSWERED}}})\n"
+         f"  - on ({on()}) group_right sum by ({by('line')}) ({calls}{{{ANSWERED}}})\n)\n"
+         f"/ (\n    sum by ({by()}) ({calls})\n  - on ({on()}) group_right {L('line')}:mtt_calls:rate{w}\n)"),
+        (f"{L('line')}:mtt_calls_abandoned:ratio_rate{w}",
+         f"sum by ({by('line')}) ({calls}{{{ABANDONED}}})\n  / {L('line')}:mtt_calls:rate{w}"),
+        (f"{L('line')}:mtt_call_answers:rate{w}", f"sum by ({by('line')}) ({r('mtt_call_answers_total')})"),
+        (f"{L('line')}:mtt_call_attempts:rate{w}", f"sum by ({by('line')}) ({r('mtt_call_attempts_total')})"),
+        (f"{L('line')}:mtt_call_asr:ratio_rate{w}",
+         f"{L('line')}:mtt_call_answers:rate{w} / {L('line')}:mtt_call_attempts:rate{w}"),
+        (f"{L('line')}:mtt_call_service_level:ratio_rate{w}",
+         f"sum by ({by('line')}) ({r('mtt_call_wait_seconds_bucket', f'{ANSWERED}, {service_level_bucket()}')})\n"
+         f"  / sum by ({by('line')}) ({r('mtt_call_wait_seconds_count')})"),
+        *[(f"{L('line')}:mtt_call_wait_seconds_answered:p{q}_rate{w}",
+           f"histogram_quantile(0.{q}, sum by ({by('line', 'le')}) ({r('mtt_call_wait_seconds_bucket', ANSWERED)}))")
+          for q in (50, 90)],
+        (f"{L('destination', 'outcome')}:mtt_call_legs:rate{w}",
+         f"sum by ({by('destination', 'outcome')}) ({r('mtt_call_legs_total')})"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -332,6 +396,28 @@ def call_alerts() -> list[Alert]:
             "traffic).",
             "ASR over 1 h far below the same hour a day (and a week) ago",
             ("asr_drop_factor", "asr_min_seizures_1h"),
+        ),
+    ]
+
+
+def line_alerts() -> list[Alert]:
+    on, L, who = C.by, C.level, C.who
+    return [
+        Alert(
+            "MttLineAnswerRateCollapse", "10m",
+            f"(\n    {L('line')}:mtt_calls_answered:ratio_rate5m < {T['line_answer_min']}\n"
+            f"  or\n    {L('line')}:mtt_call_service_level:ratio_rate5m < {T['line_service_level_min']}\n)\n"
+            f"and on ({on('line')}) {L('line')}:mtt_calls_answered_others:ratio_rate5m >= {T['line_others_min']}\n"
+            f"and on ({on('line')}) {L('line')}:mtt_calls:rate5m * 300 >= {T['line_min_calls_5m']}",
+            f"Line {{{{ $labels.line }}}} of {who} is losing its calls",
+            f"Line {{{{ $labels.line }}}} of {who}: answer rate or service level "
+            f"({T['service_level_seconds'].shown} s) at {{{{ $value | humanizePercentage }}}} over the last 5 minutes, "
+            f"below {T['line_answer_min'].shown} (answer rate) or {T['line_service_level_min'].shown} (service level), "
+            f"while the other lines answer at least {T['line_others_min'].shown}: the line's own routing "
+            "(its forwarding destinations, its schedule) fails, not MTT.",
+            "one line's answer rate or service level collapses while the job's other lines are fine",
+            ("line_answer_min", "line_service_level_min", "line_others_min", "line_min_calls_5m",
+             "service_level_seconds"),
         ),
     ]
 
@@ -442,7 +528,7 @@ def exporter_alerts() -> list[Alert]:
 
 
 def alerts() -> list[Alert]:
-    return call_alerts() + exporter_alerts()
+    return call_alerts() + line_alerts() + exporter_alerts()
 
 
 def rule_files() -> dict[str, str]:
@@ -451,7 +537,7 @@ def rule_files() -> dict[str, str]:
               "# Thresholds and runbook: docs/runbook.md.\n")
     recording = {"groups": [{"name": f"mtt-recording-{w}", "rules": recording_rules(w)} for w in WINDOWS]}
     alerting = {"groups": [
-        {"name": "mtt-calls", "rules": [a.rule() for a in call_alerts()]},
+        {"name": "mtt-calls", "rules": [a.rule() for a in call_alerts() + line_alerts()]},
         {"name": "mtt-exporter", "rules": [a.rule() for a in exporter_alerts()]},
     ]}
     return {
@@ -498,8 +584,11 @@ def scope(labels: tuple[str, ...] | None = None, selector: bool = True) -> str:
 
 
 def sel(metric: str, matchers: str = "") -> str:
-    """`metric{selector, job=~"$job", instance=~"$instance"[, matchers]}`."""
-    return f"{metric}{{{scope()}{', ' + matchers if matchers else ''}}}"
+    """`metric{selector, job=~"$job", instance=~"$instance"[, line=~"$line"][, matchers]}`: the series
+    with a line or destination label follow the $line / $destination variables."""
+    base = re.sub(r"_(bucket|sum|count)$", "", metric)
+    more = ['line=~"$line"'] if base in LINE_METRICS else ['destination=~"$destination"'] if base in DESTINATION_METRICS else []
+    return f"{metric}{{{', '.join([scope(), *more, *([matchers] if matchers else [])])}}}"
 
 
 def rate(metric: str, matchers: str = "") -> str:
@@ -594,10 +683,40 @@ class Board:
                      "tooltip": {"mode": "multi", "sort": "desc"}},
             color={"mode": "palette-classic"}, min=0, **defaults)
 
-    def heatmap(self, title: str, description: str, metric: str, *, w: int = 8) -> None:
+    def table(self, title: str, description: str, columns: list[tuple[str, str, str, dict | None]], *,
+              w: int = 12, h: int = 8) -> None:
+        """One row per label value: each column (name, instant query, unit, thresholds or None) a query
+        over the dashboard's time range, merged on the labels; sortable by any column."""
+        targets = []
+        for _, expr, _, _ in columns:
+            t = target(expr, exemplar="_ring_duration_seconds_bucket" in expr, fmt="table")
+            t.update(instant=True, range=False)
+            targets.append(t)
+        overrides = [
+            {"matcher": {"id": "byName", "options": name},
+             "properties": [{"id": "unit", "value": unit}, {"id": "decimals", "value": 1 if unit == "percentunit" else 0}]
+             + ([{"id": "thresholds", "value": limits},
+                 {"id": "custom.cellOptions", "value": {"type": "color-background", "mode": "basic"}}] if limits else [])}
+            for name, _, unit, limits in columns
+        ]
+        self.panel(
+            "table", title, description, targets, unit="short", thresholds=steps("green"), w=w, h=h,
+            custom={"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False, "filterable": False},
+            options={"frameIndex": 0, "showHeader": True, "cellHeight": "sm", "sortBy": [{"displayName": columns[0][0], "desc": True}],
+                     "footer": {"show": False, "reducer": ["sum"], "countRows": False, "fields": []}},
+            extra={"transformations": [
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {f"Value #{ref}": name for ref, (name, *_) in zip("ABCDEFGH", columns)},
+                    "indexByName": {}}},
+            ]})
+        self.panels[-1]["fieldConfig"]["overrides"] = overrides
+
+    def heatmap(self, title: str, description: str, metric: str, *, w: int = 8, exemplar: bool = True) -> None:
         expr = f"sum by (le) ({rate(metric + '_bucket')}) * 60"
         self.panel(
-            "heatmap", title, description, [target(expr, "{{le}}", exemplar=True, fmt="heatmap")],
+            "heatmap", title, description, [target(expr, "{{le}}", exemplar=exemplar, fmt="heatmap")],
             unit="cpm", thresholds=steps("green"), w=w, h=8,
             custom={"scaleDistribution": {"type": "linear"},
                     "hideFrom": {"legend": False, "tooltip": False, "viz": False}},
@@ -628,6 +747,10 @@ def variables() -> list[dict]:
         query(label, label.replace("_", " ").capitalize(),
               f"label_values({C.sel('mtt_exporter_build_info', scope(labels[:i], selector=False))}, {label})")
         for labels in [(*C.aggregation, "instance")] for i, label in enumerate(labels)
+    ] + [
+        # the operator's label map names them ("other" without a map): see the README's label map
+        query("line", "Line", f"label_values({C.sel('mtt_calls_total', scope(selector=False))}, line)"),
+        query("destination", "Destination", f"label_values({C.sel('mtt_call_legs_total', scope(selector=False))}, destination)"),
     ]
 
 
@@ -747,6 +870,8 @@ def calls_dashboard() -> dict:
              [target(f"sum by (outcome) ({rate('mtt_calls_total')}) * 60", "{{outcome}}")],
              unit="cpm", stack=True)
 
+    lines_and_waits(b)
+
     b.row("Durations (click an exemplar for the call id)")
     b.series("Premedia duration p50 / p95", "Prompt (premedia) duration from sp to ep, per side; exemplars "
              "carry the call id.", [
@@ -778,6 +903,84 @@ def calls_dashboard() -> dict:
     return dashboard("calls", "MTT calls (NOC overview)",
                      "Call KPIs from MTT call-progress notifications: volume, ASR, NER, ACD, hangup causes, "
                      "outcomes and durations.", b)
+
+
+def lines_and_waits(b: Board) -> None:
+    """Per line and per destination group (the operator's label map), and the caller's wait."""
+    window = "$__range"
+
+    def over(metric: str, matchers: str = "") -> str:
+        return f"rate({sel(metric, matchers)}[{window}])"
+
+    def per(by: str, metric: str, matchers: str = "") -> str:
+        return f"sum by ({by}) ({over(metric, matchers)})"
+
+    sl = service_level_bucket()
+    sl_shown = f"{T['service_level_seconds'].shown} s"
+    b.row("Lines and destinations (over the time range shown; names from the --label-map)")
+    b.table("Lines", "Per line (the number the caller dialled, named by the label map; other: not in the map, "
+            "unknown: no sip_id): calls ended per minute, answer rate (per call), ASR (per leg), the caller's wait "
+            f"to answer p50 / p90, service level (answered within {sl_shown} of the callers who waited to the end) "
+            "and the share of calls abandoned, over the time range shown.", [
+                ("Calls / min", f"{per('line', 'mtt_calls_total')} * 60", "cpm", None),
+                ("Answer rate", f"{per('line', 'mtt_calls_total', ANSWERED)}\n  / {per('line', 'mtt_calls_total')}",
+                 "percentunit", ratio_steps(0.5, 0.7)),
+                ("ASR", f"{per('line', 'mtt_call_answers_total')}\n  / {per('line', 'mtt_call_attempts_total')}",
+                 "percentunit", ratio_steps(T["asr_min"].value, 0.5)),
+                ("Wait p50", f"histogram_quantile(0.5, {per('line, le', 'mtt_call_wait_seconds_bucket', ANSWERED)})",
+                 "s", steps("green", (20, "orange"), (60, "red"))),
+                ("Wait p90", f"histogram_quantile(0.9, {per('line, le', 'mtt_call_wait_seconds_bucket', ANSWERED)})",
+                 "s", steps("green", (30, "orange"), (90, "red"))),
+                (f"Service level {sl_shown}",
+                 f"{per('line', 'mtt_call_wait_seconds_bucket', f'{ANSWERED}, {sl}')}\n"
+                 f"  / {per('line', 'mtt_call_wait_seconds_count')}", "percentunit",
+                 ratio_steps(T["line_service_level_min"].value, 0.8)),
+                ("Abandoned", f"{per('line', 'mtt_calls_total', ABANDONED)}\n  / {per('line', 'mtt_calls_total')}",
+                 "percentunit", steps("green", (0.1, "orange"), (0.2, "red"))),
+            ], w=14)
+    b.table("Destinations", "Per destination group (the forwarding numbers, named by the label map): legs "
+            "ended per minute, the share answered, the share busy or not answered, and the ring time p90 "
+            "(answered and unanswered legs), over the time range shown.", [
+                ("Legs / min", f"{per('destination', 'mtt_call_legs_total')} * 60", "cpm", None),
+                ("Answered", f"{per('destination', 'mtt_call_legs_total', ANSWERED)}\n"
+                             f"  / {per('destination', 'mtt_call_legs_total')}", "percentunit", ratio_steps(0.3, 0.5)),
+                ("Busy / no answer", f"{per('destination', 'mtt_call_legs_total', BUSY_NO_ANSWER)}\n"
+                                     f"  / {per('destination', 'mtt_call_legs_total')}", "percentunit",
+                 steps("green", (0.3, "orange"), (0.5, "red"))),
+                ("Ring p90", f"histogram_quantile(0.9, {per('destination, le', 'mtt_ring_duration_seconds_bucket')})",
+                 "s", steps("green", (30, "orange"), (45, "red"))),
+            ], w=10)
+
+    b.row("The caller's wait (first notification to answer, or to giving up)")
+    b.series("Wait to answer p50 / p90 by line", "How long callers waited until a leg answered (the speed of "
+             "answer), per line: from premedia A or the first o to the first s.", [
+                 target(quantile(0.5, "mtt_call_wait_seconds", "line").replace(
+                     "mtt_call_wait_seconds_bucket{", f"mtt_call_wait_seconds_bucket{{{ANSWERED}, "), "p50 {{line}}"),
+                 target(quantile(0.9, "mtt_call_wait_seconds", "line").replace(
+                     "mtt_call_wait_seconds_bucket{", f"mtt_call_wait_seconds_bucket{{{ANSWERED}, "), "p90 {{line}}"),
+             ], unit="s", w=8, thresholds=steps("green", (30, "orange"), (90, "red")))
+    b.series(f"Service level ({sl_shown}) by line", f"Calls answered within {sl_shown} of the caller's wait over "
+             "the calls whose caller waited to the end (answered or abandoned), per line. Dashed line: the "
+             "MttLineAnswerRateCollapse service-level floor.", [
+                 target(f"sum by (line) ({rate('mtt_call_wait_seconds_bucket', f'{ANSWERED}, {sl}')})\n"
+                        f"  / sum by (line) ({rate('mtt_call_wait_seconds_count')})", "{{line}}"),
+             ], unit="percentunit", w=8, max=1,
+             thresholds=steps("transparent", (T["line_service_level_min"].value, "red")), threshold_style="dashed")
+    b.series("Abandoned: how long callers held on", "How long callers waited before hanging up without an "
+             "answer, p50 / p90, and abandoned calls per minute, over all lines shown.", [
+                 target(quantile(0.5, "mtt_call_wait_seconds").replace(
+                     "mtt_call_wait_seconds_bucket{", f"mtt_call_wait_seconds_bucket{{{ABANDONED}, "), "p50"),
+                 target(quantile(0.9, "mtt_call_wait_seconds").replace(
+                     "mtt_call_wait_seconds_bucket{", f"mtt_call_wait_seconds_bucket{{{ABANDONED}, "), "p90"),
+             ], unit="s", w=8)
+    b.heatmap("Caller's wait", "Distribution of the callers' waits, answered and abandoned (calls per minute "
+              "per bucket).", "mtt_call_wait_seconds", w=12, exemplar=False)
+    b.series("Answer rate by line", "Calls answered on any leg over calls ended, per line. Dashed line: the "
+             "MttLineAnswerRateCollapse floor.", [
+                 target(f"sum by (line) ({rate('mtt_calls_total', ANSWERED)})\n"
+                        f"  / sum by (line) ({rate('mtt_calls_total')})", "{{line}}"),
+             ], unit="percentunit", w=12, max=1,
+             thresholds=steps("transparent", (T["line_answer_min"].value, "red")), threshold_style="dashed")
 
 
 def exporter_dashboard() -> dict:
@@ -869,6 +1072,14 @@ def exporter_dashboard() -> dict:
                  target(f"sum by (instance) ({rate('mtt_state_backend_overflows_total')})",
                         "local, backend behind {{instance}}"),
              ], unit="cps", w=6, thresholds=steps("green", (0.000001, "red")))
+
+    b.row("Label map")
+    b.series("Label map reloads", "Reloads of the --label-map file (SIGHUP, POST /-/reload) per minute by result, "
+             "and whether the last one succeeded (1; 0: a bad file was refused and the previous map stays).", [
+                 target(f"sum by (result) ({rate('mtt_label_map_reloads_total')}) * 60", "{{result}}"),
+                 target(f"min by (instance) ({sel('mtt_label_map_last_reload_successful')})",
+                        "last reload ok {{instance}}"),
+             ], unit="short", w=24, h=6)
 
     b.row("Process")
     b.series("Scrape duration", "Time Prometheus took to scrape /metrics, per instance.",

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from . import __version__, log as logsetup
 from . import state
-from .server import Runner, create_app, create_metrics_app, drain, runner_options, ssl_context
+from .labelmap import LabelMapError
+from .server import Runner, create_app, create_metrics_app, drain, reload_labels, runner_options, ssl_context
 from .settings import Settings, load, split_host_port, unknown_variables
 from .state import masked_url
 
@@ -37,6 +38,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_labels, app)
     try:
         for runner, address, context in zip(runners, addresses, (tls, None)):
             await runner.setup()
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
             runner.run(serve(settings))
     except OSError as error:  # e.g. the port is taken
         log.error("cannot start: %s", error)
+        raise SystemExit(1) from None
+    except LabelMapError as error:
+        print("mtt-exporter: invalid --label-map:\n" + "\n".join(f"  {e}" for e in error.errors), file=sys.stderr)
         raise SystemExit(1) from None
 
 

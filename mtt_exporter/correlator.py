@@ -14,7 +14,14 @@ Rules, per call (keyed by the normalised h323_conf_id):
 - ended calls stay (for duplicate detection and late legs) until the TTL since their last
   notification; a call or leg still open then is counted as expired, and so is one evicted
   early by the cap (Evicted tells the two apart);
-- a call takes at most MAX_NOTIFICATIONS_PER_CALL distinct notifications (memory bound).
+- a call takes at most MAX_NOTIFICATIONS_PER_CALL distinct notifications (memory bound);
+- the line of a call (a name of the label map, never the number) is decided once, from its
+  first notification that carries a sip_id; the destination of a leg is looked up from its
+  redirect number when its facts are made;
+- the caller's wait runs from the caller's first notification (premedia A or the first `o`)
+  to the first answer on any leg, or to the caller's hangup of a call never answered; it is
+  measured once the grace period after the answer (or with the abandoned call's end) ran
+  out, so a caller notification delivered late still counts.
 
 `dump_state`/`load_state` turn the call table into JSON-able data and back, for restarts;
 `call_to_dict`/`call_from_dict` do it for one call.
@@ -34,6 +41,7 @@ from enum import StrEnum
 
 from .cause import CAUSE_MAX, LegOutcome, unanswered_outcome
 from .clock import MAX_UNIX_SECONDS, seconds
+from .labelmap import MAX_NAME_LENGTH, NO_LABELS, OTHER, LabelMap
 from .model import EventType, Notification, PayloadError, Reason, Side
 
 #: Distinct notifications one call may take; real calls have ~8 per leg. Bounds memory
@@ -43,8 +51,10 @@ MAX_NOTIFICATIONS_PER_CALL = 1000
 #: Longest duration accepted even with a shorter --call-ttl: tests and replays run the event
 #: clock faster than the receipt clock the TTL counts on, and real calls last up to an hour or so.
 MIN_SPAN = 7200.0
-#: Version of the data of `dump_state`; `load_state` refuses any other.
-STATE_VERSION = 1
+#: Version of the data of `dump_state`; `load_state` reads it and the versions in
+#: READABLE_STATE_VERSIONS (1: before lines and waits; its calls load with neither).
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)
 STATE_FORMAT = "mtt-exporter-state"
 
 
@@ -73,6 +83,13 @@ class RingOutcome(StrEnum):
     UNANSWERED = "unanswered"
 
 
+class WaitOutcome(StrEnum):
+    """How the caller's wait ended: someone answered, or the caller gave up."""
+
+    ANSWERED = "answered"
+    ABANDONED = "abandoned"
+
+
 class EvictionReason(StrEnum):
     """Why an in-progress call was dropped from memory."""
 
@@ -80,21 +97,37 @@ class EvictionReason(StrEnum):
     CAPACITY = "capacity"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Duration:
-    """An interval measured on one call; `label` is the side or ring outcome."""
+    """An interval measured on one call; `label` is the side or ring outcome; `destination`
+    the leg's destination group (ring only)."""
 
     phase: Phase
     seconds: float
     label: str = ""
     conf_id: str = ""
+    destination: str = OTHER
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
+class Applied:
+    """An originate, answer or hangup notification applied (not a duplicate) to a call of `line`.
+
+    One is made per originate, answer and hangup (see `Fact` on why facts are not frozen).
+    """
+
+    event: EventType
+    side: Side
+    cause: int | None
+    line: str = OTHER
+
+
+@dataclass(slots=True)
 class LegEnded:
-    """A leg ended with this outcome."""
+    """A leg to a number of `destination` ended with this outcome."""
 
     outcome: LegOutcome
+    destination: str = OTHER
 
 
 @dataclass(slots=True, frozen=True)
@@ -107,11 +140,21 @@ class CallRestored:
     """A call in progress was loaded from saved state (counts as in progress again)."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class CallEnded:
-    """A call ended with this outcome."""
+    """A call of `line` ended with this outcome."""
 
     outcome: CallOutcome
+    line: str = OTHER
+
+
+@dataclass(slots=True)
+class Waited:
+    """The caller of a call of `line` waited this long until answered or abandoned."""
+
+    outcome: WaitOutcome
+    seconds: float
+    line: str = OTHER
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,7 +164,10 @@ class Evicted:
     reason: EvictionReason
 
 
-Fact = Duration | LegEnded | CallStarted | CallRestored | CallEnded | Evicted
+#: Facts with fields are plain slots dataclasses, not frozen ones: several are made per call, and a
+#: frozen dataclass's __init__ (object.__setattr__ per field) costs four times as much. Nothing
+#: keeps or changes them: the metrics module records each once.
+Fact = Applied | Duration | LegEnded | CallStarted | CallRestored | CallEnded | Waited | Evicted
 
 
 class Leg:
@@ -147,7 +193,8 @@ class Call:
     a few, found by number), dedup keys as machine integers, premedia None when all paired.
     """
 
-    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended")
+    __slots__ = ("legs", "premedia", "seen", "last_seen", "deadline", "a_hangup", "ended", "line", "start", "a_hangup_at",
+                 "waited")
 
     def __init__(self, now: float) -> None:
         #: one per redirect number (a number tried again replaces its ended leg)
@@ -161,6 +208,14 @@ class Call:
         self.deadline: float | None = None
         self.a_hangup = False
         self.ended = False
+        #: name from the label map, decided by the first notification with a sip_id; "" until then
+        self.line = ""
+        #: event time of the caller's first notification (premedia A or `o`): the wait's start
+        self.start: float | None = None
+        #: event time of the caller's hangup: the end of an abandoned call's wait
+        self.a_hangup_at: float | None = None
+        #: the caller's wait was measured (once per call)
+        self.waited = False
 
 
 _PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
@@ -198,8 +253,33 @@ def _leg_for(call: Call, n: Notification) -> Leg | None:
     return leg
 
 
-def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
+def _line(call: Call, labels: LabelMap) -> str:
+    return call.line or labels.line("")
+
+
+def _first_answer(call: Call) -> float | None:
+    first = None
+    for leg in call.legs:
+        s = leg.s
+        if s is not None and (first is None or s < first):
+            first = s
+    return first
+
+
+def _answered_wait(call: Call, labels: LabelMap, facts: list[Fact]) -> None:
+    """The wait of an answered call, once: from the caller's first notification to the first answer."""
+    if call.waited or call.start is None:
+        return
+    answered = _first_answer(call)
+    if answered is not None:
+        call.waited = True
+        facts.append(Waited(WaitOutcome.ANSWERED, _span(call.start, answered), _line(call, labels)))
+
+
+def _premedia(call: Call, n: Notification, facts: list[Fact], labels: LabelMap) -> None:
     number = n.number_a if n.side is Side.A else n.redirect_number
+    if n.side is Side.A and (call.start is None or n.time < call.start):
+        call.start = n.time
     if call.premedia is None:
         call.premedia = {}
     key = (n.side.value, number)
@@ -213,14 +293,15 @@ def _premedia(call: Call, n: Notification, facts: list[Fact]) -> None:
             call.premedia = None
 
 
-def _end_leg(leg: Leg, conf_id: str, facts: list[Fact]) -> None:
+def _end_leg(leg: Leg, conf_id: str, facts: list[Fact], labels: LabelMap) -> None:
     leg.done = True
+    destination = labels.destination(leg.number)
     if leg.s is not None:
-        facts.append(LegEnded(LegOutcome.ANSWERED))
+        facts.append(LegEnded(LegOutcome.ANSWERED, destination))
         return
-    facts.append(LegEnded(unanswered_outcome(leg.cause, leg.side)))
+    facts.append(LegEnded(unanswered_outcome(leg.cause, leg.side), destination))
     if leg.o is not None and leg.h is not None:
-        facts.append(Duration(Phase.RING, _span(leg.o, leg.h), RingOutcome.UNANSWERED, conf_id))
+        facts.append(Duration(Phase.RING, _span(leg.o, leg.h), RingOutcome.UNANSWERED, conf_id, destination))
 
 
 def _partner_times(call: Call, n: Notification) -> tuple[float | None, ...]:
@@ -240,8 +321,10 @@ def _partner_times(call: Call, n: Notification) -> tuple[float | None, ...]:
     return ()
 
 
-def apply(call: Call, n: Notification, now: float, grace: float, span: float = math.inf) -> tuple[bool, list[Fact]]:
-    """Apply one notification to its call; returns (duplicate, facts).
+def apply(call: Call, n: Notification, now: float, grace: float, span: float = math.inf,
+          labels: LabelMap = NO_LABELS) -> tuple[bool, list[Fact]]:
+    """Apply one notification to its call; returns (duplicate, facts). `labels` names the
+    line (decided here, once) and the destinations.
 
     Raises PayloadError, leaving the call as it was: too_many_items when the call already
     took its maximum; implausible_time when the event is more than `span` from another
@@ -259,33 +342,47 @@ def apply(call: Call, n: Notification, now: float, grace: float, span: float = m
     call.last_seen = now
     call.seen.append(key)
     facts: list[Fact] = []
+    if n.sip_id and not call.line:
+        call.line = labels.line(n.sip_id, n.extension)
     event = n.event
     if event is EventType.PREMEDIA_START or event is EventType.PREMEDIA_END:
-        _premedia(call, n, facts)
+        _premedia(call, n, facts, labels)
         return False, facts
 
+    line = call.line or labels.line("")
+    if event is not EventType.TALK:
+        facts.append(Applied(event, n.side, n.cause, line))
     leg = _leg_for(call, n)
     if leg is None:  # a hangup that names no leg: only the call-level facts
-        call.a_hangup = call.a_hangup or n.side is Side.A
+        if n.side is Side.A:
+            call.a_hangup = True
+            if call.a_hangup_at is None or n.time < call.a_hangup_at:
+                call.a_hangup_at = n.time
         call.deadline = now + grace
     elif event is EventType.ORIGINATE:
         if leg.o is not None and leg.h is not None:
             # the same number tried again: a new leg
             if not leg.done:
-                _end_leg(leg, n.conf_id, facts)
+                _end_leg(leg, n.conf_id, facts, labels)
             call.legs[call.legs.index(leg)] = leg = Leg(leg.number)
         if leg.o is None:
             leg.o = n.time
             if leg.s is not None:
-                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id))
+                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
+                                      labels.destination(leg.number)))
+        if call.start is None or n.time < call.start:
+            call.start = n.time
     elif event is EventType.ANSWER:
         if leg.s is None and not leg.done:
             leg.s = n.time
+            if not call.waited:  # measured when the grace period ends: a late `o` or prompt still counts
+                call.deadline = now + grace
             if leg.o is not None:
-                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id))
+                facts.append(Duration(Phase.RING, _span(leg.o, leg.s), RingOutcome.ANSWERED, n.conf_id,
+                                      labels.destination(leg.number)))
             if leg.h is not None:
                 facts.append(Duration(Phase.ANSWERED, _span(leg.s, leg.h), conf_id=n.conf_id))
-                _end_leg(leg, n.conf_id, facts)
+                _end_leg(leg, n.conf_id, facts, labels)
     elif event is EventType.TALK:
         if leg.t is None:
             leg.t = n.time
@@ -294,62 +391,75 @@ def apply(call: Call, n: Notification, now: float, grace: float, span: float = m
     else:  # HANGUP
         if n.side is Side.A:
             call.a_hangup = True
+            if call.a_hangup_at is None or n.time < call.a_hangup_at:
+                call.a_hangup_at = n.time
         if leg.h is None:
             leg.h, leg.cause, leg.side = n.time, n.cause, n.side
             if leg.t is not None:
                 facts.append(Duration(Phase.TALK, _span(leg.t, leg.h), conf_id=n.conf_id))
             if leg.s is not None:
                 facts.append(Duration(Phase.ANSWERED, _span(leg.s, leg.h), conf_id=n.conf_id))
-                _end_leg(leg, n.conf_id, facts)
+                _end_leg(leg, n.conf_id, facts, labels)
         call.deadline = now + grace
-    settle(call, n.conf_id, now, facts)
+    settle(call, n.conf_id, now, facts, labels)
     return False, facts
 
 
-def settle(call: Call, conf_id: str, now: float, facts: list[Fact]) -> None:
+def settle(call: Call, conf_id: str, now: float, facts: list[Fact], labels: LabelMap = NO_LABELS) -> None:
     """Make the decisions that are due: unanswered legs past grace, and the call's end."""
     due = call.deadline is not None and now >= call.deadline
     if due:
         for leg in call.legs:
             if leg.h is not None and not leg.done:
-                _end_leg(leg, conf_id, facts)
+                _end_leg(leg, conf_id, facts, labels)
+        if not call.waited:
+            _answered_wait(call, labels, facts)
     if call.ended:
         return
     legs = call.legs
     if any(leg.s is not None for leg in legs):
         if call.a_hangup or any(leg.s is not None and leg.h is not None for leg in legs):
-            _end_call(call, CallOutcome.ANSWERED, facts)
+            _end_call(call, CallOutcome.ANSWERED, facts, labels)
         return
     if due and (call.a_hangup or (legs and all(leg.h is not None for leg in legs))):
-        _end_call(call, CallOutcome.ABANDONED if call.a_hangup else CallOutcome.UNANSWERED, facts)
+        _end_call(call, CallOutcome.ABANDONED if call.a_hangup else CallOutcome.UNANSWERED, facts, labels)
 
 
-def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact]) -> None:
+def _end_call(call: Call, outcome: CallOutcome, facts: list[Fact], labels: LabelMap) -> None:
     call.ended = True
-    facts.append(CallEnded(outcome))
+    line = _line(call, labels)
+    if outcome is CallOutcome.ABANDONED and not call.waited and call.start is not None \
+            and call.a_hangup_at is not None:
+        call.waited = True
+        facts.append(Waited(WaitOutcome.ABANDONED, _span(call.start, call.a_hangup_at), line))
+    facts.append(CallEnded(outcome, line))
 
 
-def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact]) -> None:
+def drop(call: Call, conf_id: str, reason: EvictionReason, facts: list[Fact], labels: LabelMap = NO_LABELS) -> None:
     """Facts for a call leaving memory: pending legs decided, open legs and call expired."""
     for leg in call.legs:
         if not leg.done:
             if leg.h is not None:
-                _end_leg(leg, conf_id, facts)
+                _end_leg(leg, conf_id, facts, labels)
             else:
                 leg.done = True
-                facts.append(LegEnded(LegOutcome.EXPIRED))
+                facts.append(LegEnded(LegOutcome.EXPIRED, labels.destination(leg.number)))
+    _answered_wait(call, labels, facts)  # evicted before its grace period ran out
     if not call.ended:
         facts.append(Evicted(reason))
-        _end_call(call, CallOutcome.EXPIRED, facts)
+        _end_call(call, CallOutcome.EXPIRED, facts, labels)
 
 
 class Correlator:
     """In-memory call table: bounded by a TTL since the last notification and a cap."""
 
-    def __init__(self, ttl: float = 6 * 3600, max_calls: int = 500_000, grace: float = 15.0) -> None:
+    def __init__(self, ttl: float = 6 * 3600, max_calls: int = 500_000, grace: float = 15.0,
+                 labels: LabelMap = NO_LABELS) -> None:
         self.ttl = ttl
         self.max_calls = max_calls
         self.grace = grace
+        #: the label map in force; replaced whole on a reload
+        self.labels = labels
         self.calls: OrderedDict[str, Call] = OrderedDict()
         self._deadlines: list[tuple[float, str]] = []
 
@@ -366,7 +476,7 @@ class Correlator:
             facts.append(CallStarted())
         deadline = call.deadline
         # refused or failed: a new call is not kept, so no CallStarted is lost and the gauge holds
-        duplicate, more = apply(call, n, now, self.grace, max(self.ttl, MIN_SPAN))
+        duplicate, more = apply(call, n, now, self.grace, max(self.ttl, MIN_SPAN), self.labels)
         if new:
             self.calls[n.conf_id] = call
             self._evict_above(self.max_calls, facts)
@@ -380,7 +490,7 @@ class Correlator:
     def _evict_above(self, limit: int, facts: list[Fact]) -> None:
         while len(self.calls) > limit:
             old_id, old = self.calls.popitem(last=False)
-            drop(old, old_id, EvictionReason.CAPACITY, facts)
+            drop(old, old_id, EvictionReason.CAPACITY, facts, self.labels)
 
     def expire(self, now: float) -> list[Fact]:
         """Decisions due at `now`: grace periods that ran out, then calls past their TTL."""
@@ -390,7 +500,7 @@ class Correlator:
             _, conf_id = heapq.heappop(heap)
             call = self.calls.get(conf_id)
             if call is not None and call.deadline is not None and call.deadline <= now:
-                settle(call, conf_id, now, facts)
+                settle(call, conf_id, now, facts, self.labels)
                 call.deadline = None
         calls = self.calls
         while calls:
@@ -398,7 +508,7 @@ class Correlator:
             if call.last_seen + self.ttl > now:
                 break
             del calls[conf_id]
-            drop(call, conf_id, EvictionReason.TTL, facts)
+            drop(call, conf_id, EvictionReason.TTL, facts, self.labels)
         return facts
 
     def in_progress(self) -> int:
@@ -419,7 +529,8 @@ def call_to_dict(call: Call) -> dict:
     `legs` lists [redirect number, o, s, t, h, cause, side, done]; `premedia` lists
     [side, number, sp, ep]; `seen` holds the signed 64-bit dedup keys. Times are Unix
     seconds: event times for the legs and premedia, receipt (wall-clock) for last_seen and
-    deadline.
+    deadline. Since version 2: `line` (a label-map name), `start` and `a_hangup_at` (event
+    times bounding the caller's wait) and `waited` (it was measured).
     """
     data: dict = {
         "legs": [[leg.number, leg.o, leg.s, leg.t, leg.h, leg.cause, leg.side.value, leg.done] for leg in call.legs],
@@ -434,6 +545,14 @@ def call_to_dict(call: Call) -> dict:
         data["a_hangup"] = True
     if call.ended:
         data["ended"] = True
+    if call.line:
+        data["line"] = call.line
+    if call.start is not None:
+        data["start"] = call.start
+    if call.a_hangup_at is not None:
+        data["a_hangup_at"] = call.a_hangup_at
+    if call.waited:
+        data["waited"] = True
     return data
 
 
@@ -508,6 +627,13 @@ def call_from_dict(data: object) -> Call:
     call.deadline = _optional_time(data.get("deadline"))
     call.a_hangup = _flag(data.get("a_hangup", False))
     call.ended = _flag(data.get("ended", False))
+    line = _text(data.get("line", ""))
+    if len(line) > MAX_NAME_LENGTH:
+        raise StateError(f"call: line longer than {MAX_NAME_LENGTH} characters")
+    call.line = line
+    call.start = _optional_time(data.get("start"))
+    call.a_hangup_at = _optional_time(data.get("a_hangup_at"))
+    call.waited = _flag(data.get("waited", False))
     return call
 
 
@@ -536,8 +662,9 @@ def load_state(data: object, correlator: Correlator, not_after: float | None = N
         raise ValueError("load_state needs an empty correlator")
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise StateError("not an mtt-exporter state")
-    if data.get("version") != STATE_VERSION:
-        raise StateError(f"state version {data.get('version')!r}, this exporter reads {STATE_VERSION}")
+    version = data.get("version")
+    if type(version) is not int or version not in READABLE_STATE_VERSIONS:
+        raise StateError(f"state version {version!r}, this exporter reads {READABLE_STATE_VERSIONS}")
     entries = data.get("calls")
     if not isinstance(entries, list):
         raise StateError("calls: expected a list")

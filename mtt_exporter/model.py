@@ -20,6 +20,8 @@ MOSCOW = ZoneInfo("Europe/Moscow")
 MILLISECONDS_ABOVE = 10**12
 #: Longest call id and number kept in memory; MTT's ids are 32 hex digits.
 MAX_ID_LENGTH = 64
+#: Longest extension used (for the label map's sip_id/extension keys); longer ones are ignored.
+MAX_EXTENSION_LENGTH = 16
 #: Longest string any field may have as sent (spaces included), checked before it is looked at.
 MAX_FIELD_LENGTH = 256
 #: Earliest plausible event time, 2000-01-01T00:00:00Z: MTT's notifications are younger.
@@ -122,6 +124,8 @@ class Notification:
     number_a: str = ""
     sip_id: str = ""
     conflicts: tuple[Conflict, ...] = field(default=())
+    #: extension of sip_id, stripped; "" when absent or longer than MAX_EXTENSION_LENGTH
+    extension: str = ""
 
 
 # --- raw payload -------------------------------------------------------------------------
@@ -188,6 +192,7 @@ class _Fields(NamedTuple):
     sip_id: _Scalar
     numberA: _Scalar
     h323_conf_id: _Scalar
+    extension: _Scalar
 
 
 class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -258,7 +263,7 @@ def _plain_fields(cleaned: dict[Any, Any]) -> _Fields | None:
             return None
         event = _Event(kind, side, cause)
     return _Fields(get("date_time"), data, event, get("cause"), get("redirect_number"), get("sip_id"),
-                   get("numberA"), get("h323_conf_id"))
+                   get("numberA"), get("h323_conf_id"), get("extension"))
 
 
 _DATA = re.compile(
@@ -537,6 +542,7 @@ def parse(item: object, now: float | None = None) -> Notification:
         else:
             redirect = redirect or data_number
 
+    extension = _extension(raw.extension)
     return Notification(
         conf_id=conf_id,
         event=event,
@@ -547,6 +553,7 @@ def parse(item: object, now: float | None = None) -> Notification:
         number_a=number_a,
         sip_id=_number(raw.sip_id, "sip_id"),
         conflicts=tuple(conflicts),
+        extension=extension,
     )
 
 
@@ -563,6 +570,18 @@ def _number(value: object, name: str) -> str:
     if not _present(value):
         return ""
     return _kept(normalise_number(bounded_text(value, name)), name)
+
+
+def _extension(value: object) -> str:
+    """The extension of sip_id, stripped, for the label map's sip_id/extension keys; "" when absent
+    or unusable (too long, not printable): it only refines a label, so it never refuses a notification."""
+    if not _present(value):
+        return ""
+    try:
+        text = bounded_text(value, "extension").strip()
+    except PayloadError:
+        return ""
+    return text if len(text) <= MAX_EXTENSION_LENGTH and text.isprintable() else ""
 
 
 def mask_number(number: str) -> str:

@@ -25,7 +25,7 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError, _ErrInfo
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from . import __version__
+from . import __version__, labelmap
 from .clock import ProcessClock
 from .correlator import Correlator
 from .log import RateLimitedLog, RefusalLog, mask_secrets
@@ -471,6 +471,47 @@ def _log_accepted(n: Notification, duplicate: bool) -> None:
     )
 
 
+def load_labels(settings: Settings) -> labelmap.LabelMap:
+    """The --label-map in force at start (NO_LABELS without one); raises LabelMapError."""
+    if settings.label_map is None:
+        return labelmap.NO_LABELS
+    return labelmap.load(settings.label_map, settings.max_lines, settings.max_destinations)
+
+
+def reload_labels(app: web.Application) -> list[str]:
+    """Read --label-map again (SIGHUP, POST /-/reload); returns its errors, [] when applied.
+
+    A refused file leaves the map in force: numbers keep their names until a good file comes.
+    """
+    settings, metrics = app[SETTINGS], app[METRICS]
+    try:
+        labels = load_labels(settings)
+    except labelmap.LabelMapError as error:
+        metrics.record_reload(False)
+        log.error("label map refused, the previous one stays in force", extra={"errors": error.errors})
+        return error.errors
+    app[CORRELATOR].labels = labels
+    metrics.set_labels(labels)
+    metrics.record_reload(True)
+    log.info("label map loaded", extra={"path": str(settings.label_map), "lines": len(labels.line_values),
+                                        "destinations": len(labels.destination_values)})
+    return []
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    """POST /-/reload: reload the label map; from a loopback client, or with the token."""
+    settings = request.app[SETTINGS]
+    address = client_address(request, settings.trusted_proxy)
+    loopback = address is not None and address.is_loopback
+    if not loopback and (settings.token is None or not _authorized(request, settings.token.get_secret_value().encode())):
+        return _refuse(request, 403, Reason.FORBIDDEN, "reload only from loopback or with the token")
+    errors = reload_labels(request.app)
+    if errors:
+        return web.json_response({"status": "error", "reason": "invalid", "error": "label map refused", "errors": errors},
+                                 status=400)
+    return web.json_response({"status": "ok"})
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     """GET /metrics: rendered on the event loop; a scrape formats only the series that changed
     since the last one (milliseconds even at 50,000 series), so no thread fights ingestion for the GIL."""
@@ -842,6 +883,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 def _add_health(app: web.Application) -> None:
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
+    app.router.add_post("/-/reload", handle_reload)
     app.router.add_get("/", handle_index)
 
 
@@ -871,8 +913,11 @@ def create_app(
         monotonic = time.monotonic if clock is time.time else clock
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard] if settings.allow_cidr else [])
     logging.getLogger("aiohttp.server").addFilter(_CLIENT_FAULTS)  # once: the same filter object
+    labels = load_labels(settings)  # a bad map stops the start, every error listed
     metrics = Metrics(registry if registry is not None else default_registry(), exemplars=settings.exemplars)
-    correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace)
+    metrics.set_labels(labels)
+    correlator = Correlator(ttl=settings.call_ttl, max_calls=settings.max_calls, grace=settings.call_end_grace,
+                            labels=labels)
     metrics.track(correlator.__len__)
     shared = None
     if settings.state_backend is not None:

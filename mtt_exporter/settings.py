@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         "(rediss:// for TLS), redis+cluster://HOST:PORT, redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE[/DB]; "
         "default: this process's memory.",
     )
+    label_map: FilePath | None = Field(
+        None, description="YAML file naming lines (sip_id -> name) and destinations (redirect number -> name); "
+        "reloaded on SIGHUP and POST /-/reload. Without it every line and destination is 'other'.")
+    max_lines: int = Field(50, ge=1, le=1000, description="Most distinct line names the --label-map may have.")
+    max_destinations: int = Field(50, ge=1, le=1000, description="Most distinct destination names the --label-map may have.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
@@ -166,6 +171,7 @@ METAVARS = {
     "record": "FILE", "record_max_bytes": "BYTES", "record_keep": "N", "data_dir": "DIR", "state_file": "FILE",
     "state_interval": "SECONDS", "allow_cidr": "CIDR", "trusted_proxy": "CIDR", "tls_cert": "FILE",
     "tls_key": "FILE", "max_concurrent_requests": "N", "max_connections": "N", "read_timeout": "SECONDS", "state_backend": "URL",
+    "label_map": "FILE", "max_lines": "N", "max_destinations": "N",
 }
 
 USAGE = """%(prog)s [OPTION ...]
@@ -188,7 +194,8 @@ commands:
              ask a running exporter's /-/healthy: a container's HEALTHCHECK
              (mtt-exporter healthcheck --help)
 
-Without a command the exporter starts: POST /notify, GET /metrics, /-/healthy, /-/ready."""
+Without a command the exporter starts: POST /notify, GET /metrics, /-/healthy, /-/ready,
+POST /-/reload (the --label-map, as SIGHUP does)."""
 
 
 class _Parser(argparse.ArgumentParser):

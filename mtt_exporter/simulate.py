@@ -25,6 +25,13 @@ which a call could look finished but is not (between a hangup and the next leg's
 originate, or an event delayed by a reorder) under MAX_DECISION_GAP simulated seconds,
 which at `speed >= 1` is less than the default 15 s grace. Counts of unanswered calls are
 final only after the grace period on the receipt clock: wait for it before comparing.
+
+Lines and destinations. Calls come in on `lines` customer numbers and are forwarded to
+numbers of `destinations` groups (two numbers each); `unmapped_share` of calls and legs use
+numbers not in the map. `label_map_yaml(config)` is the map naming them; with `mapped` the
+truth expects the exporter to run with it (`--label-map`), else every line and destination
+is "other". The caller's wait (premedia A or first `o` to the first `s`, or to the caller's
+hangup of a call never answered) is in the truth per outcome and line, buckets included.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
 from rich.table import Table
+
+from .metrics import WAIT_BUCKETS
 
 _MOSCOW = ZoneInfo("Europe/Moscow")
 #: Default simulated start: 2026-01-01T00:00:00Z.
@@ -78,6 +87,13 @@ FAILURE_RING = {
     "address_error": (0, 1), "network_failure": (0, 10),
 }
 UNKNOWN_CODES = ("x", "cn", "dtmf", "r")
+#: Names of the simulated lines and destination groups; more are numbered.
+LINE_NAMES = ("sales", "support", "kazan-office")
+DESTINATION_NAMES = ("duty-mobile", "office-pbx", "night-shift")
+#: Numbers of a destination group.
+NUMBERS_PER_DESTINATION = 2
+#: The customer number of calls on no mapped line.
+UNMAPPED_SIP_ID = "79586489999"
 
 
 class SimConfig(BaseModel):
@@ -110,6 +126,10 @@ class SimConfig(BaseModel):
     reorder_pct: float = Field(0.0, ge=0, le=100, description="Notifications delivered after the next one of their call.")
     malformed_pct: float = Field(0.0, ge=0, le=100, description="Extra bodies that are not JSON.")
     unknown_event_pct: float = Field(0.0, ge=0, le=100, description="Extra notifications of an unknown event type.")
+    lines: int = Field(3, ge=1, le=50, description="Customer numbers (sip_id) calls come in on, one line each.")
+    destinations: int = Field(3, ge=1, le=50, description="Destination groups legs are forwarded to, two numbers each.")
+    unmapped_share: float = Field(0.1, ge=0, le=1, description="Calls, and legs, on numbers not in the label map ('other').")
+    mapped: bool = Field(False, description="The exporter runs with label_map_yaml(config) (--label-map): the truth names lines and destinations.")
 
     @field_validator("cause_mix")
     @classmethod
@@ -173,6 +193,8 @@ class Truth:
         "mtt_premedia_duration_seconds_sum": ("side", ("A", "B", "unknown")),
         "mtt_ring_duration_seconds_count": ("outcome", ("answered", "unanswered")),
         "mtt_ring_duration_seconds_sum": ("outcome", ("answered", "unanswered")),
+        "mtt_call_wait_seconds_count": ("outcome", ("answered", "abandoned")),
+        "mtt_call_wait_seconds_sum": ("outcome", ("answered", "abandoned")),
     }
     UNLABELLED = (
         "mtt_call_attempts_total", "mtt_call_answers_total", "mtt_call_hangups_total",
@@ -191,17 +213,23 @@ class Truth:
         self.values[(name, tuple(sorted(labels.items())))] += value
 
     def samples(self) -> list[Sample]:
-        """Every expected sample, zeros included, in a stable order."""
+        """Every expected sample, zeros included, in a stable order.
+
+        A zero is left out where samples with more labels cover it (e.g. the line of each call).
+        """
+        zeros = [(name, ((label, v),)) for name, (label, vs) in self.ZEROS.items() for v in vs] + [
+            (name, ()) for name in self.UNLABELLED]
+        covered = {(name, pair) for name, labels in self.values for pair in labels} | {(name, None) for name, _ in self.values}
         values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = dict.fromkeys(
-            [(name, ((label, v),)) for name, (label, vs) in self.ZEROS.items() for v in vs]
-            + [(name, ()) for name in self.UNLABELLED], 0.0)
+            [(name, labels) for name, labels in zeros if (name, labels[0] if labels else None) not in covered], 0.0)
         for key, value in self.values.items():
             values[key] = values.get(key, 0.0) + value
         return [Sample(name, labels, value) for (name, labels), value in sorted(values.items())]
 
     def get(self, name: str, **labels: str) -> float:
-        """Expected value of one sample (0 when not produced)."""
-        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
+        """Expected sum of the samples `name` whose labels include `labels` (0 when not produced)."""
+        wanted = labels.items()
+        return sum(v for (n, have), v in self.values.items() if n == name and wanted <= dict(have).items())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -262,26 +290,34 @@ def leg_outcome(answered: bool, cause: int | None, side: str) -> str:
     return _OUTCOME_BY_CAUSE.get(cause, "network_failure")
 
 
-def _reference(events: list[_Ev], truth: Truth) -> None:
-    """Add one complete call's expected numbers to `truth`."""
+def _reference(events: list[_Ev], truth: Truth, line: str = "other", destinations: dict[str, str] | None = None) -> None:
+    """Add one complete call's expected numbers to `truth`; `line` of the call and the
+    destination group of each number (absent: "other")."""
+    names = destinations or {}
     legs: dict[str, dict[str, _Ev]] = {}
     premedia: dict[tuple[str, str], dict[str, int]] = {}
     caller_hung_up = False
-    for ev in events:
+    start = hung_up = None  # the caller's wait: first sp/ep of A or `o`; first hangup of A
+    for ev in sorted(events, key=lambda ev: ev.t):
         truth.add("mtt_notifications_total", event=_EVENT_NAMES[ev.code])
         truth.add("mtt_notification_delay_seconds_count")
         if ev.code in ("sp", "ep"):
             premedia.setdefault((ev.side, ev.number), {})[ev.code] = ev.t
+            if ev.side == "A" and start is None:
+                start = ev.t
             continue
         if ev.code == "o":
-            truth.add("mtt_call_attempts_total")
+            truth.add("mtt_call_attempts_total", line=line)
+            start = ev.t if start is None else start
         elif ev.code == "s":
-            truth.add("mtt_call_answers_total")
+            truth.add("mtt_call_answers_total", line=line)
         elif ev.code == "h":
             truth.add("mtt_call_hangups_total")  # the total, so that no other series may grow
             truth.add("mtt_call_hangups_total", cause="unknown" if ev.cause is None else str(ev.cause),
-                      side=ev.side or "unknown")
+                      side=ev.side or "unknown", line=line)
             caller_hung_up |= ev.side == "A"
+            if ev.side == "A" and hung_up is None:
+                hung_up = ev.t
         if ev.number:
             legs.setdefault(ev.number, {})[ev.code] = ev
     for (side, _), pair in premedia.items():
@@ -289,23 +325,65 @@ def _reference(events: list[_Ev], truth: Truth) -> None:
             truth.add("mtt_premedia_duration_seconds_count", side=side or "unknown")
             truth.add("mtt_premedia_duration_seconds_sum", max(pair["ep"] - pair["sp"], 0), side=side or "unknown")
     answered = False
-    for leg in legs.values():
+    answers = []
+    for number, leg in legs.items():
         o, s, t, h = (leg.get(code) for code in ("o", "s", "t", "h"))
         assert h is not None, "every planned leg hangs up"
         answered |= s is not None
-        truth.add("mtt_call_legs_total", outcome=leg_outcome(s is not None, h.cause, h.side))
+        destination = names.get(number, "other")
+        truth.add("mtt_call_legs_total", outcome=leg_outcome(s is not None, h.cause, h.side), destination=destination)
         if o is not None:
             ring_end, ring = (s, "answered") if s is not None else (h, "unanswered")
-            truth.add("mtt_ring_duration_seconds_count", outcome=ring)
-            truth.add("mtt_ring_duration_seconds_sum", max(ring_end.t - o.t, 0), outcome=ring)
+            truth.add("mtt_ring_duration_seconds_count", outcome=ring, destination=destination)
+            truth.add("mtt_ring_duration_seconds_sum", max(ring_end.t - o.t, 0), outcome=ring, destination=destination)
+        if s is not None:
+            answers.append(s.t)
         if s is not None:
             truth.add("mtt_answered_duration_seconds_count")
             truth.add("mtt_answered_duration_seconds_sum", max(h.t - s.t, 0))
         if t is not None:
             truth.add("mtt_talk_duration_seconds_count")
             truth.add("mtt_talk_duration_seconds_sum", max(h.t - t.t, 0))
-    truth.add("mtt_calls_total", outcome="answered" if answered else "abandoned" if caller_hung_up else "unanswered")
+    outcome = "answered" if answered else "abandoned" if caller_hung_up else "unanswered"
+    truth.add("mtt_calls_total", outcome=outcome, line=line)
+    end = min(answers) if answered else hung_up if caller_hung_up else None
+    if start is not None and end is not None:
+        wait = max(end - start, 0)
+        truth.add("mtt_call_wait_seconds_count", outcome=outcome, line=line)
+        truth.add("mtt_call_wait_seconds_sum", wait, outcome=outcome, line=line)
+        for le in WAIT_BUCKETS:
+            truth.add("mtt_call_wait_seconds_bucket", 1 if wait <= le else 0, outcome=outcome, line=line, le=f"{float(le)}")
     truth.calls += 1
+
+
+def line_numbers(config: SimConfig) -> dict[str, str]:
+    """sip_id -> line name of the simulated lines."""
+    names = [*LINE_NAMES, *(f"line-{i}" for i in range(len(LINE_NAMES) + 1, config.lines + 1))]
+    return {f"795864880{i:02d}": names[i] for i in range(config.lines)}
+
+
+def destination_numbers(config: SimConfig) -> dict[str, str]:
+    """Redirect number -> destination group of the simulated destinations."""
+    names = [*DESTINATION_NAMES, *(f"destination-{i}" for i in range(len(DESTINATION_NAMES) + 1, config.destinations + 1))]
+    return {f"7968488{i:02d}{k:02d}": names[i] for i in range(config.destinations) for k in range(NUMBERS_PER_DESTINATION)}
+
+
+def _pasted(number: str, k: int) -> str:
+    """A number as an operator might paste it: canonical, +7 (XXX) XXX-XX-XX, or 8 XXX XXX XX XX."""
+    if k % 3 == 1:
+        return f"+7 ({number[1:4]}) {number[4:7]}-{number[7:9]}-{number[9:]}"
+    if k % 3 == 2:
+        return f"8 {number[1:4]} {number[4:7]} {number[7:9]} {number[9:]}"
+    return number
+
+
+def label_map_yaml(config: SimConfig) -> str:
+    """The label map naming the simulated lines and destinations (for `--label-map`)."""
+    out = ["# written by `mtt-exporter simulate`: the lines and destinations it sends to", "lines:"]
+    out += [f'  "{_pasted(n, k)}": {name}' for k, (n, name) in enumerate(line_numbers(config).items())]
+    out.append("destinations:")
+    out += [f'  "{_pasted(n, k)}": {name}' for k, (n, name) in enumerate(destination_numbers(config).items())]
+    return "\n".join(out) + "\n"
 
 
 # --- call flows -----------------------------------------------------------------------------
@@ -314,14 +392,26 @@ def _reference(events: list[_Ev], truth: Truth) -> None:
 class _CallPlanner:
     """Plans the events of one call from the config's shares and distributions."""
 
-    def __init__(self, config: SimConfig, rng: random.Random) -> None:
+    def __init__(self, config: SimConfig, rng: random.Random, pool: list[str] | None = None) -> None:
         self.c = config
         self.rng = rng
         self.categories = [k for k, w in config.cause_mix.items() if w > 0]
         self.weights = [config.cause_mix[k] for k in self.categories]
+        #: the destination groups' numbers
+        self.pool = pool or []
 
     def number(self) -> str:
-        return "79" + "".join(self.rng.choices("0123456789", k=9))
+        while True:  # never one of the mapped numbers by chance
+            number = "79" + "".join(self.rng.choices("0123456789", k=9))
+            if number not in self.pool:
+                return number
+
+    def leg_number(self, taken: list[str]) -> str:
+        """A destination's number not yet used by the call, or (unmapped_share) any number."""
+        free = [n for n in self.pool if n not in taken]
+        if not free or self.rng.random() < self.c.unmapped_share:
+            return self.number()
+        return self.rng.choice(free)
 
     def failure(self) -> tuple[str, int | None, str]:
         category = self.rng.choices(self.categories, self.weights)[0]
@@ -354,7 +444,7 @@ class _CallPlanner:
         numbers: list[str] = []
         legs = rng.randint(1, c.legs_max)
         while len(numbers) < legs:
-            number = self.number()
+            number = self.leg_number(numbers)
             if number not in numbers:
                 numbers.append(number)
         if len(numbers) > 1 and rng.random() < c.parallel_share:
@@ -499,17 +589,24 @@ class Simulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.truth = Truth()
+        self.lines = line_numbers(config)
+        self.destinations = destination_numbers(config)
+        self.pool = list(self.destinations)
 
     def _call(self, index: int, start_at: float, rng: random.Random) -> list[Delivery]:
         c = self.config
-        planner, renderer = _CallPlanner(c, rng), _Renderer(c, rng)
+        planner, renderer = _CallPlanner(c, rng, self.pool), _Renderer(c, rng)
         t0 = math.ceil(start_at * c.speed)  # deliveries never precede the call's start
         events = planner.plan(t0)
-        _reference(events, self.truth)
+        sip = UNMAPPED_SIP_ID if rng.random() < c.unmapped_share else rng.choice(list(self.lines))
+        if c.mapped:
+            _reference(events, self.truth, self.lines.get(sip, "other"), self.destinations)
+        else:
+            _reference(events, self.truth)
         call = {
             "conf": hashlib.blake2b(f"{c.run_id}|{c.seed}|{index}".encode(), digest_size=16).hexdigest().upper(),
             "caller": planner.number(),
-            "sip": "7958648800" + str(index % 10),
+            "sip": sip,
             "client": str(1000 + index % 9000),
         }
         events.sort(key=lambda ev: ev.t)
@@ -646,6 +743,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="seconds of sending: sets --calls to rate x duration")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at most")
     parser.add_argument("--truth", type=Path, metavar="FILE", help="write the expected samples as JSON")
+    parser.add_argument("--label-map", type=Path, metavar="FILE",
+                        help="write the label map of the simulated lines and destinations here, ask the exporter to "
+                             "reload its --label-map (POST /-/reload), and expect it to use this one (--mapped)")
     parser.add_argument("--check", action="store_true",
                         help="scrape /metrics before and after, exit 1 unless the change equals the truth")
     parser.add_argument("--wait", type=float, default=16.0,
@@ -691,6 +791,23 @@ def summary_table(truth: Truth) -> Table:
     return table
 
 
+async def _reload(notify_url: str, headers: dict[str, str], console: Console) -> None:
+    """Ask the exporter to read its --label-map again (it may be the file just written)."""
+    import aiohttp
+    from urllib.parse import urljoin
+
+    url = urljoin(notify_url, "/-/reload")
+    try:
+        async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as response:
+            text = await response.text()
+    except (aiohttp.ClientError, OSError) as error:
+        console.print(f"label map: {url} not reached ({error}); reload the exporter yourself", markup=False)
+        return
+    if response.status != 200:
+        console.print(f"label map: {url} answered {response.status} {text[:300]}; reload the exporter yourself",
+                      markup=False)
+
+
 def scrape_failure(url: str, error: BaseException, derived: bool) -> str:
     """Why /metrics could not be read; a 404 on the URL derived from --url suggests --metrics-url."""
     message = f"mtt-exporter simulate: cannot scrape {url}: {error}"
@@ -704,6 +821,8 @@ async def _run(config: SimConfig, args: argparse.Namespace, console: Console) ->
     from .replay import auth_headers, metrics_url_for, post_all, progress_bar, scrape
 
     metrics_url = args.metrics_url or metrics_url_for(args.url)
+    if args.label_map is not None:
+        await _reload(args.url, auth_headers(args.token), console)
     baseline = None
     if args.check:
         try:
@@ -760,6 +879,8 @@ def main(argv: list[str] | None = None) -> None:
     values = {name: getattr(args, name) for name in SimConfig.model_fields}
     values["start"] = int(time.time()) if args.start == "now" else args.start
     values["run_id"] = args.run_id if args.run_id is not None else secrets.token_hex(4)
+    if args.label_map is not None:
+        values["mapped"] = True
     if args.duration is not None:
         values["calls"] = max(1, round(args.rate * args.duration))
     console = Console(stderr=True)
@@ -769,4 +890,7 @@ def main(argv: list[str] | None = None) -> None:
         lines = [f"  --{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors()]
         console.print("mtt-exporter simulate: invalid settings:\n" + "\n".join(lines), markup=False)
         raise SystemExit(2) from None
+    if args.label_map is not None:
+        args.label_map.write_text(label_map_yaml(config))
+        console.print(f"label map written to {args.label_map}", markup=False)
     raise SystemExit(asyncio.run(_run(config, args, console)))

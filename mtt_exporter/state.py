@@ -604,7 +604,7 @@ class SharedState:
                 facts.append(CallStarted())
             else:
                 new = False
-            duplicate, more = apply(call, n, now, self.grace)
+            duplicate, more = apply(call, n, now, self.grace, labels=self.local.labels)
             result = await self._write(conf_id, token, call, _opened(facts + more), seen=now)
             if result == 1:
                 if new:
@@ -668,11 +668,11 @@ class SharedState:
                 await self._pipe.send(("ZREM", shard.leased, _member(conf_id)))
                 return facts
             if call.deadline is not None and call.deadline <= now:
-                settle(call, conf_id, now, facts)
+                settle(call, conf_id, now, facts, self.local.labels)
                 call.deadline = None
             gone = call.last_seen + self.ttl <= now
             if gone:
-                drop(call, conf_id, EvictionReason.TTL, facts)
+                drop(call, conf_id, EvictionReason.TTL, facts, self.local.labels)
             # written even if unchanged: the write re-indexes the call, in the same step
             result = await self._write(conf_id, token, None if gone else call, _opened(facts), release=True)
             if result == 1:
@@ -698,7 +698,7 @@ class SharedState:
         token, data = await self._read(conf_id)
         call = self._decode(data)
         if call is not None:
-            drop(call, conf_id, EvictionReason.CAPACITY, facts)
+            drop(call, conf_id, EvictionReason.CAPACITY, facts, self.local.labels)
             if await self._write(conf_id, token, None, _opened(facts)) != 1:
                 return []  # written meanwhile: it lives on
             self.stats.calls -= 1

@@ -56,7 +56,7 @@ from pathlib import Path
 
 from . import filelock
 from .clock import ProcessClock, seconds
-from .correlator import STATE_FORMAT, STATE_VERSION, Correlator, Fact, dump_state, load_state
+from .correlator import READABLE_STATE_VERSIONS, STATE_FORMAT, Correlator, Fact, dump_state, load_state
 
 log = logging.getLogger("mtt_exporter")
 
@@ -362,7 +362,7 @@ class StateFile:
 
     def _untrusted(self, data: object) -> tuple[SetAside, str] | None:
         """Why a snapshot must not be loaded, judged by its date; None: take it."""
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") not in READABLE_STATE_VERSIONS:
             return None  # load_state says what is wrong
         saved_at = data.get("saved_at")
         if saved_at is None:

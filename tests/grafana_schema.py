@@ -1,7 +1,7 @@
 """The dashboards as TypeScript literals typed with Grafana 11's own schema (npm @grafana/schema).
 
 `tsc --noEmit` over the file this writes checks every dashboard against `Dashboard` and every
-panel against its plugin's `Options` and `FieldConfig` (stat, timeseries, heatmap): a missing
+panel against its plugin's `Options` and `FieldConfig` (stat, timeseries, heatmap, table): a missing
 field, an unknown one (object literals get TypeScript's excess-property check) or a value
 outside an enum is an error naming the dashboard, the panel and the field. JSON imported as a
 module would not do: TypeScript widens its strings and skips the excess-property check.
@@ -22,6 +22,7 @@ PLUGINS = {
     "stat": (f"{RAW}/stat/panelcfg/x/StatPanelCfg_types.gen", False),
     "timeseries": (f"{RAW}/timeseries/panelcfg/x/TimeSeriesPanelCfg_types.gen", True),
     "heatmap": (f"{RAW}/heatmap/panelcfg/x/HeatmapPanelCfg_types.gen", True),
+    "table": (f"{RAW}/table/panelcfg/x/TablePanelCfg_types.gen", True),
 }
 
 PRELUDE = """\

@@ -64,7 +64,7 @@ def test_config_reaches_every_artefact(tmp_path):
     for board in boards.values():
         assert board["tags"] == ["noc", "mtt"] and board["timezone"] == "utc"
         assert board["links"][0]["tags"] == ["noc"]
-        assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "cluster", "job", "instance"]
+        assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "cluster", "job", "instance", "line", "destination"]
     exprs = [expr for board in boards.values() for _, expr in queries(board)]
     exprs += [v["query"]["query"] for board in boards.values() for v in board["templating"]["list"]
               if v["type"] == "query"]
@@ -222,3 +222,30 @@ def test_schema_check_catches_each_defect(tmp_path):
     for number in (int(n) for n in re.findall(r"dashboards\.ts\((\d+),\d+\): error", tsc(source))):
         failed.add(max((start, name) for start, name in starts if start <= number)[1])
     assert failed == {Path(name).stem for name in cases}
+
+
+def test_service_level_buckets_are_the_exporters():
+    import importlib.util
+
+    from mtt_exporter.metrics import WAIT_BUCKETS
+
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "dashboards" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert generate.WAIT_BUCKETS == WAIT_BUCKETS
+
+
+@pytest.mark.parametrize("name", ["calls", "exporter"])
+def test_line_and_destination_variables_filter_the_labelled_series(name):
+    board = BOARDS[f"mtt-{name}.json"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    for label in ("line", "destination"):
+        assert variables[label]["multi"] and variables[label]["includeAll"] and variables[label]["allValue"] == ".+"
+    for where, expr in queries(board):
+        for selector in re.findall(r"\b(mtt_[a-z_]+)\{([^}]*)\}", expr):
+            metric, matchers = selector
+            if metric.startswith(("mtt_call_attempts", "mtt_call_answers", "mtt_call_hangups", "mtt_calls_total",
+                                  "mtt_call_wait_seconds")):
+                assert 'line=~"$line"' in matchers, where
+            if metric.startswith(("mtt_call_legs", "mtt_ring_duration_seconds")):
+                assert 'destination=~"$destination"' in matchers, where

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mtt_exporter.metrics import Metrics
 from mtt_exporter.model import normalise_conf_id
-from mtt_exporter.simulate import SimConfig, generate
+from mtt_exporter.simulate import SimConfig, generate, label_map_yaml
 from mtt_exporter.state import BackendStats
 
 from . import crafted_calls
@@ -55,6 +55,8 @@ CALL_OUTCOMES = ("answered", "unanswered", "abandoned", "expired")
 #: The families of --state-backend (HA), which this single exporter does not run: the queries reading
 #: them must run, but may be empty (tests/test_replicas.py and test_state.py check the values).
 BACKEND = "mtt_state_backend_"
+#: The simulator's lines and destinations, named by the label map the exporter is started with.
+LINES = dict(lines=3, destinations=3, mapped=True)
 RATE_INTERVAL = "10s"  # Grafana: max($__interval + scrape interval, 4 x scrape interval), at 1 s scrapes
 
 
@@ -142,9 +144,10 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
         root = render_mixin(tmp_path_factory.mktemp("mixin"), CLUSTER_CONFIG)
         level, labels = "cluster_job", CLUSTER_LABELS
     exporter_port, prometheus_port = free_port(), free_port()
+    (tmp / "labels.yml").write_text(label_map_yaml(SimConfig(**LINES)))
     exporter = _start([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{exporter_port}",
                        "--token", TOKEN, "--call-end-grace", "1", "--call-ttl", str(TTL),
-                       "--max-calls", str(MAX_CALLS)], tmp / "mtt_exporter.log")
+                       "--max-calls", str(MAX_CALLS), "--label-map", str(tmp / "labels.yml")], tmp / "mtt_exporter.log")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(f) for f in rule_files(root)],
@@ -173,7 +176,8 @@ def stack(request, tmp_path_factory) -> Iterator[Stack]:
 
 def simulated(now: float) -> tuple[list[Any], dict[str, Counter]]:
     """The simulator's calls of the last half hour, in batches, and the leg and call outcomes they make."""
-    workload = generate(SimConfig(calls=SIMULATED_CALLS, seed=3, run_id="it", start=int(now) - 1800, talk_max=600))
+    workload = generate(SimConfig(calls=SIMULATED_CALLS, seed=3, run_id="it", start=int(now) - 1800, talk_max=600,
+                                  **LINES))
     bodies = [d.body for d in workload.deliveries]
     batches = [bodies[i:i + 500] for i in range(0, len(bodies), 500)]  # in order: one call's events stay within grace
     truth = {metric: Counter({o: workload.truth.get(f"mtt_{metric}_total", outcome=o) for o in outcomes})
@@ -219,6 +223,14 @@ def test_exporter_counted_the_traffic(stack):
     seen = {(metric, label): stack.value(f'count(sum by ({label}) ({metric}{{job="{JOB}"}}) > 0)')[""]
             for metric, label in expected}
     assert seen == expected
+    # the lines and destinations of the label map, and `other` for the numbers not in it; no number
+    lines = stack.value(f'sum by (line) (mtt_calls_total{{job="{JOB}"}}) > 0')
+    destinations = stack.value(f'sum by (destination) (mtt_call_legs_total{{job="{JOB}"}}) > 0')
+    assert set(lines) == {"sales", "support", "kazan-office", "other"}, lines
+    assert set(destinations) == {"duty-mobile", "office-pbx", "night-shift", "other"}, destinations
+    waits = stack.value(f'sum by (outcome) (mtt_call_wait_seconds_count{{job="{JOB}"}}) > 0')
+    assert set(waits) == {"answered", "abandoned"}
+    assert not re.search(r'(line|destination)="\+?\d', stack.exposition())
 
 
 def grafana_variables(stack: Stack) -> dict[str, str]:

@@ -349,6 +349,8 @@ def _values(enum) -> set[str]:
 
 EVENTS, SIDES = _values(EventType), _values(Side)
 #: family -> label -> the closed set its values come from
+#: Without --label-map every line and destination is "other" (random sip_ids included).
+NO_MAP = {"other"}
 CLOSED = {
     "mtt_notifications": {"event": EVENTS},
     "mtt_notifications_duplicate": {"event": EVENTS},
@@ -356,12 +358,16 @@ CLOSED = {
     "mtt_notification_conflicts": {"field": _values(Conflict)},
     "mtt_call_hangups": {"cause": {str(c) for c in range(CAUSE_MAX + 1)} | {"unknown"}, "side": SIDES,
                          "cause_class": _values(CauseClass),
-                         "cause_name": {cause_name(c) for c in [*range(CAUSE_MAX + 1), None]}},
-    "mtt_call_legs": {"outcome": _values(LegOutcome)},
-    "mtt_calls": {"outcome": _values(CallOutcome)},
+                         "cause_name": {cause_name(c) for c in [*range(CAUSE_MAX + 1), None]}, "line": NO_MAP},
+    "mtt_call_attempts": {"line": NO_MAP},
+    "mtt_call_answers": {"line": NO_MAP},
+    "mtt_call_legs": {"outcome": _values(LegOutcome), "destination": NO_MAP},
+    "mtt_calls": {"outcome": _values(CallOutcome), "line": NO_MAP},
+    "mtt_call_wait_seconds": {"outcome": {"answered", "abandoned"}, "line": NO_MAP},
     "mtt_calls_evicted": {"reason": _values(EvictionReason)},
     "mtt_premedia_duration_seconds": {"side": SIDES},
-    "mtt_ring_duration_seconds": {"outcome": {"answered", "unanswered"}},
+    "mtt_ring_duration_seconds": {"outcome": {"answered", "unanswered"}, "destination": NO_MAP},
+    "mtt_label_map_reloads": {"result": {"success", "failure"}},
 }
 
 

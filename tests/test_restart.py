@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mtt_exporter.correlator import STATE_VERSION
 from mtt_exporter.replay import post_all
 from mtt_exporter.simulate import EXPECTED_STATUS, SimConfig, diff, generate
 
@@ -78,7 +79,7 @@ def test_signal_stops_accepting_finishes_in_flight_and_saves(tmp_path, seed_call
     finally:
         assert again.stop() == 0
     assert sample(text, "mtt_notifications_duplicate_total{event=\"originate\"}") == 1
-    assert sample(text, "mtt_calls_total{outcome=\"answered\"}") == 1
+    assert sample(text, "mtt_calls_total{line=\"other\",outcome=\"answered\"}") == 1
     assert sample(text, "mtt_answered_duration_seconds_sum") == 89
     assert sample(text, "mtt_talk_duration_seconds_sum") == 79
     assert sample(text, "mtt_calls_in_progress") == 0
@@ -98,7 +99,7 @@ def test_start_with_an_unusable_state_file(tmp_path, seed_call, content):
     (aside,) = tmp_path.glob("state.json.corrupt-*")
     assert aside.read_bytes() == content
     assert "state file unusable, set aside" in exporter.log()
-    assert json.loads(state.read_text())["version"] == 1  # a good file was written at the stop
+    assert json.loads(state.read_text())["version"] == STATE_VERSION  # a good file was written at the stop
 
 
 def test_periodic_snapshot_survives_sigkill(tmp_path, seed_call):
@@ -186,7 +187,7 @@ def test_read_only_root_filesystem_without_a_data_dir(tmp_path, seed_call):
     exporter = Exporter(tmp_path, prefix=read_only_root(None)).start()
     try:
         assert exporter.post(seed_call)[0] == 200
-        assert 'mtt_calls_total{outcome="answered"} 1.0' in exporter.metrics()
+        assert 'mtt_calls_total{line="other",outcome="answered"} 1.0' in exporter.metrics()
     finally:
         assert exporter.stop() == 0
     unwritable = Exporter(tmp_path, "--state-file", str(tmp_path / "state.json"), prefix=read_only_root(None))

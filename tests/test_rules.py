@@ -54,6 +54,9 @@ class Mix:
     slow: bool = False
     #: notifications correlated in local memory instead of the shared state backend
     fallbacks: int = 0
+    #: line -> calls ended per minute: (answered within the service level, answered later, abandoned,
+    #: unanswered); answered and abandoned ones also in the caller's wait histogram
+    calls: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def with_legs(self, **changes: int) -> Mix:
         """A copy with legs changed, e.g. answered_16=2, no_answer_19=14."""
@@ -93,6 +96,12 @@ def counters(mix: Mix) -> dict[str, float]:
     out['mtt_calls_evicted_total{reason="capacity"}'] += mix.evicted_capacity
     if mix.fallbacks:
         out["mtt_state_backend_fallbacks_total"] += mix.fallbacks
+    for line, (fast, slow, abandoned, unanswered) in mix.calls.items():
+        for outcome, n in (("answered", fast + slow), ("abandoned", abandoned), ("unanswered", unanswered)):
+            out[f'mtt_calls_total{{outcome="{outcome}", line="{line}"}}'] += n
+        out[f'mtt_call_wait_seconds_bucket{{outcome="answered", line="{line}", le="20.0"}}'] += fast
+        out[f'mtt_call_wait_seconds_count{{outcome="answered", line="{line}"}}'] += fast + slow
+        out[f'mtt_call_wait_seconds_count{{outcome="abandoned", line="{line}"}}'] += abandoned
     return out
 
 
@@ -319,6 +328,43 @@ DAY_SCENARIOS = [
     ),
 ]
 
+#: Two lines of a contact centre, 12 calls a minute each: 8 answered within 20 s, 2 later, 1 abandoned,
+#: 1 unanswered (answer rate 83%, service level 8 of 11 waits = 73%).
+LINES_OK = {"sales": (8, 2, 1, 1), "support": (8, 2, 1, 1)}
+TWO_LINES = replace(NORMAL, calls=LINES_OK)
+
+
+def lines_with(**support: tuple[int, int, int, int]) -> Mix:
+    return replace(NORMAL, calls={**LINES_OK, **support})
+
+
+def line_firing(value: str) -> list[Firing]:
+    return [Firing("MttLineAnswerRateCollapse", value, (("line", "support"),))]
+
+
+LINE_SCENARIOS = [
+    Scenario("two-lines", 2, business_days(TWO_LINES), {}),
+    Scenario(
+        # support's destinations stop answering: 2 of 12 calls answered, while sales answers 10 of 12
+        "line-collapse", 2, daytime(lambda m: lines_with(support=(1, 1, 5, 5)) if INCIDENT <= m < INCIDENT_END else TWO_LINES),
+        {t: line_firing("16.67%") for t in (at(D1, 10, 30), at(D1, 11, 30))},
+    ),
+    Scenario(
+        # support still answers 10 of 12, but only 1 within 20 s: service level 1 of 11 waits
+        "line-slow", 2,
+        daytime(lambda m: lines_with(support=(1, 9, 1, 1)) if INCIDENT <= m < INCIDENT_END else TWO_LINES),
+        {t: line_firing("9.091%") for t in (at(D1, 10, 30), at(D1, 11, 30))},
+    ),
+    # both lines collapse together: not one line's routing (the job-wide alerts' business), silent here
+    Scenario("lines-all-down", 2, daytime(
+        lambda m: lines_with(sales=(1, 1, 5, 5), support=(1, 1, 5, 5)) if INCIDENT <= m < INCIDENT_END else TWO_LINES),
+        {}),
+    # support gets one call a minute, never answered: below the guard of 10 calls in 5 minutes
+    Scenario("line-trickle", 2, daytime(
+        lambda m: lines_with(support=(0, 0, 0, 1)) if INCIDENT <= m < INCIDENT_END else TWO_LINES), {}),
+]
+DAY_SCENARIOS += LINE_SCENARIOS
+
 D7 = 7  # the week-long scenarios compare day 7 with day 0
 WEEK_CHECKS = (at(D7, 3), at(D7, 9, 45), at(D7, 10, 30), at(D7, 11, 45), at(D7, 14), at(D7, 16, 30),
                at(D7, 20, 15), at(D7, 21), at(D7, 23))
@@ -396,7 +442,7 @@ def test_promtool_check_rules(promtool, mixin):
     result = subprocess.run([promtool, "check", "rules", *map(str, mixin.rule_files)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 14 rules found" in result.stdout
 
 
 def test_promtool_unit_tests(promtool, tmp_path, mixin):
@@ -419,7 +465,8 @@ def test_every_alert_fires_somewhere_and_scenarios_cover_quiet_times():
     scenarios = DAY_SCENARIOS + WEEK_SCENARIOS
     fired = {f.alert for s in scenarios for fs in s.firing.values() for f in fs}
     assert fired == set(load_alerts())
-    assert {"idle", "night-trickle", "steady-failure", "normal-week"} <= {s.name for s in scenarios if not s.firing}
+    assert {"idle", "night-trickle", "steady-failure", "normal-week", "two-lines", "lines-all-down", "line-trickle"} <= {
+        s.name for s in scenarios if not s.firing}
     # every scenario is also checked at night, and once more after its incident (silent again)
     for scenarios, checks in ((DAY_SCENARIOS, DAY_CHECKS), (WEEK_SCENARIOS, WEEK_CHECKS)):
         assert any(not business(t) for t in checks)

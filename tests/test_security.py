@@ -124,7 +124,7 @@ def test_tls_listener(tmp_path, certificate, seed_call):
         assert exporter.post(seed_call[2], path="/notify/wrong")[0] == 401
         basic = base64.b64encode(f"mtt:{TOKEN}".encode()).decode()
         assert exporter.request("POST", "/notify", seed_call[2], {"Authorization": f"Basic {basic}"})[0] == 200
-        assert "mtt_calls_total{outcome=\"answered\"} 1.0" in exporter.metrics()
+        assert "mtt_calls_total{line=\"other\",outcome=\"answered\"} 1.0" in exporter.metrics()
         # a client that does not know the certificate is refused at the handshake
         with pytest.raises(ssl.SSLError):
             http.client.HTTPSConnection("127.0.0.1", exporter.port, context=ssl.create_default_context(), timeout=10).request("GET", "/-/healthy")

@@ -128,6 +128,18 @@ def test_state_file_is_taken_from_the_data_dir(tmp_path):
     assert load(["--data-dir", str(tmp_path), "--record", "bodies.jsonl"]).record_path == tmp_path / "bodies.jsonl"
 
 
+def test_label_map_from_flag_or_environment(monkeypatch, tmp_path, capsys):
+    path = tmp_path / "labels.yml"
+    path.write_text("lines:\n")
+    monkeypatch.setenv("MTT_EXPORTER_LABEL_MAP", str(path))
+    monkeypatch.setenv("MTT_EXPORTER_MAX_LINES", "5")
+    settings = load(["--max-destinations", "7"])
+    assert (settings.label_map, settings.max_lines, settings.max_destinations) == (path, 5, 7)
+    with pytest.raises(SystemExit):
+        load(["--label-map", str(tmp_path / "missing.yml")])
+    assert "--label-map" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("present", "absent"),
     [

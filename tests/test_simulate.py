@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mtt_exporter.simulate import SimConfig, Truth, diff, generate, leg_outcome
+from mtt_exporter.simulate import SimConfig, Truth, diff, generate, label_map_yaml, leg_outcome
 from mtt_exporter.server import tick
 
 
@@ -35,15 +35,43 @@ CONFIGS = {
     "parallel ringing and abandons": SimConfig(calls=200, seed=3, legs_max=5, parallel_share=0.8, abandon_share=0.4, **FAULTS),
     "heavy faults, all legs fail": SimConfig(calls=150, seed=4, answer_ratio=0, duplicate_pct=40, reorder_pct=50,
                                              malformed_pct=20, unknown_event_pct=20),
+    "mapped: several lines and destinations": SimConfig(calls=250, seed=12, mapped=True, lines=4, destinations=5,
+                                                        legs_max=4, **FAULTS),
+    "mapped: one line, one destination, all unmapped legs": SimConfig(
+        calls=100, seed=13, mapped=True, lines=1, destinations=1, unmapped_share=1.0, legs_max=3),
 }
 
 
 @pytest.mark.parametrize("config", [pytest.param(v, id=k) for k, v in CONFIGS.items()])
-async def test_workload_through_the_app_matches_truth(make_client, clock, config):
-    client, app = await make_client(call_end_grace=GRACE)
+async def test_workload_through_the_app_matches_truth(make_client, clock, config, tmp_path):
+    overrides = {}
+    if config.mapped:
+        (tmp_path / "map.yml").write_text(label_map_yaml(config))
+        overrides["label_map"] = tmp_path / "map.yml"
+    client, app = await make_client(call_end_grace=GRACE, **overrides)
     workload = generate(config)
     exposition = await feed(client, app, clock, workload.deliveries)
     assert diff(workload.truth, exposition) == []
+
+
+def test_mapped_truth_names_every_line_and_destination():
+    config = SimConfig(calls=400, seed=14, mapped=True, lines=3, destinations=3)
+    truth = generate(config).truth
+    lines = {dict(s.labels).get("line") for s in truth.samples() if s.name == "mtt_calls_total" and s.value}
+    destinations = {dict(s.labels).get("destination") for s in truth.samples() if s.name == "mtt_call_legs_total" and s.value}
+    assert lines == {"sales", "support", "kazan-office", "other"}
+    assert destinations == {"duty-mobile", "office-pbx", "night-shift", "other"}
+    waits = {dict(s.labels)["outcome"] for s in truth.samples() if s.name == "mtt_call_wait_seconds_count" and s.value}
+    assert waits == {"answered", "abandoned"}
+
+
+async def test_diff_notices_a_wrong_label_map(make_client, clock, tmp_path):
+    config = SimConfig(calls=60, seed=15, mapped=True)
+    (tmp_path / "map.yml").write_text(label_map_yaml(config).replace("sales", "renamed"))
+    client, app = await make_client(call_end_grace=GRACE, label_map=tmp_path / "map.yml")
+    workload = generate(config)
+    problems = diff(workload.truth, await feed(client, app, clock, workload.deliveries))
+    assert any('line="sales"' in p for p in problems), problems
 
 
 async def test_diff_reports_a_missing_notification(make_client, clock):
@@ -52,7 +80,7 @@ async def test_diff_reports_a_missing_notification(make_client, clock):
     dropped = next(i for i, d in enumerate(workload.deliveries) if d.kind == "event" and d.body["event"]["type"] == "o")
     deliveries = workload.deliveries[:dropped] + workload.deliveries[dropped + 1:]
     problems = diff(workload.truth, await feed(client, app, clock, deliveries))
-    assert "mtt_call_attempts_total: expected" in "\n".join(problems)
+    assert "mtt_call_attempts_total{line=\"other\"}: expected" in "\n".join(problems)
     assert any(p.startswith('mtt_notifications_total{event="originate"}') for p in problems)
 
 

@@ -16,6 +16,7 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from mtt_exporter.correlator import (
+    Applied,
     CallStarted,
     Correlator,
     Duration,
@@ -26,6 +27,7 @@ from mtt_exporter.correlator import (
 )
 from mtt_exporter import state as state_module
 from mtt_exporter.metrics import Metrics
+from mtt_exporter.model import EventType, Side
 from mtt_exporter.server import METRICS, SHARED
 from mtt_exporter.settings import Settings
 from mtt_exporter.state import _CLAIM, LEASE_SECONDS, SHARD_KEYS, SentinelURL, SharedState, masked_url
@@ -161,7 +163,8 @@ async def test_unreachable_redis_falls_back_and_recovers(pair, redis_server):
     duplicate, facts = await a.apply(note("o", 0, B1, conf="L"), NOW)
     assert isinstance(facts[0], CallStarted)  # correlated in local memory
     assert (a.up, a.stats.errors["apply"], a.stats.fallbacks, len(a.local)) == (False, 1, 1, 1)
-    assert (await a.apply(note("s", 5, B1, conf="L"), NOW + 1))[1] == [Duration(Phase.RING, 5.0, RingOutcome.ANSWERED, "L")]
+    assert (await a.apply(note("s", 5, B1, conf="L"), NOW + 1))[1] == [
+        Applied(EventType.ANSWER, Side.UNKNOWN, None), Duration(Phase.RING, 5.0, RingOutcome.ANSWERED, "L")]
     assert a.stats.errors["apply"] == 1  # no new attempt while down
     await a.expire(NOW + 2)
     assert (a.up, a.stats.errors["ping"]) == (False, 1)
@@ -179,7 +182,7 @@ async def test_unreachable_at_start_is_degraded_not_fatal():
     state = SharedState(f"redis://127.0.0.1:{free_port()}/0", Correlator())
     await state.start()
     assert not state.up
-    assert (await state.apply(note("o", 0, B1), NOW))[1] == [CallStarted()]
+    assert (await state.apply(note("o", 0, B1), NOW))[1] == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)]
     await state.close()
 
 
@@ -196,7 +199,7 @@ async def test_ready_and_metrics_report_the_backend(make_client, redis_server, p
     assert registry.get_sample_value("mtt_state_backend_up") == 0
     assert registry.get_sample_value("mtt_state_backend_errors_total", {"operation": "apply"}) == 1
     assert registry.get_sample_value("mtt_state_backend_fallbacks_total") == 1
-    assert registry.get_sample_value("mtt_call_attempts_total") == 1
+    assert registry.get_sample_value("mtt_call_attempts_total", {"line": "other"}) == 1
     result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(registry), capture_output=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode() + result.stderr.decode()
 
@@ -236,7 +239,7 @@ async def test_damaged_call_in_redis_is_replaced(pair):
     a, _ = pair
     await a.redis.hset(a.key("C1"), mapping={"v": "x", "d": '{"legs": 1}'})
     duplicate, facts = await a.apply(note("o", 0, B1), NOW)
-    assert facts == [CallStarted()] and not duplicate
+    assert facts == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)] and not duplicate
     assert json.loads(await a.redis.hget(a.key("C1"), "d"))["legs"] == [[B1, 0.0, None, None, None, None, "unknown", False]]
 
 
@@ -285,7 +288,7 @@ async def test_sentinel_failover_costs_only_the_notifications_in_between(tmp_pat
             assert primary.wait(1, 5000) == 1  # the replica has it
         sentinel.primary.stop()
         lost = (await state.apply(note("o", 0, B1, conf="DURING"), NOW))[1]  # correlated locally
-        assert not state.up and lost == [CallStarted()]
+        assert not state.up and lost == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)]
         deadline = asyncio.get_running_loop().time() + 20
         while not state.up:  # the ticker's probe asks the Sentinel for the new primary
             assert asyncio.get_running_loop().time() < deadline, "no failover"
@@ -369,7 +372,7 @@ async def test_round_trips_carry_the_notifications_queued_meanwhile(slow):
     await asyncio.wait(set(state._drains))
     assert len(held.sent) <= 2 * state_module.PIPELINES and sum(held.sent) == 200
     assert sorted(conf for conf, _ in delivered) == sorted(f"N{i}" for i in range(200))
-    assert all(result[1] == [CallStarted()] for _, result in delivered)
+    assert all(result[1] == [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)] for _, result in delivered)
     assert (state.stats.queued, state.stats.fallbacks) == (0, 0)
 
 
@@ -391,7 +394,7 @@ async def test_a_backend_that_falls_behind_degrades_visibly_and_loses_nothing(sl
     Metrics(registry).track_backend(state.stats)
     answers = [state.submit(note("o", 0, B1, conf=f"B{i}"), NOW) for i in range(10)]
     assert answers[:4] == [None] * 4  # queued
-    assert answers[4:] == [(False, [CallStarted()])] * 6  # behind: new calls correlated locally, still answered
+    assert answers[4:] == [(False, [CallStarted(), Applied(EventType.ORIGINATE, Side.UNKNOWN, None)])] * 6  # behind: new calls correlated locally, still answered
     assert registry.get_sample_value("mtt_state_backend_behind") == 1
     assert registry.get_sample_value("mtt_state_backend_overflows_total") == 6
     assert registry.get_sample_value("mtt_state_backend_queued") == 4

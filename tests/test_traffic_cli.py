@@ -70,12 +70,30 @@ async def test_simulate_check_against_an_exporter_with_traffic(seed_call):
     try:
         async with aiohttp.ClientSession() as session:
             await session.post(url, json=seed_call)  # earlier traffic: --check compares the change
+        await asyncio.sleep(float(WAIT))  # settled (its caller's wait is measured after the grace period)
         code, out = await run_tool("simulate", "--url", url, "--check", "--wait", WAIT, "--calls", "80", "--rate", "400",
                                    "--duplicate-pct", "5", "--reorder-pct", "10", "--malformed-pct", "3",
                                    "--unknown-event-pct", "3", "--seed", "3")
         assert code == 0, out
         assert out.rstrip().endswith("0 differences")
         assert "mtt_calls_total" in out  # the summary table
+    finally:
+        await server.close()
+
+
+async def test_simulate_writes_the_label_map_the_exporter_reloads(tmp_path):
+    path = tmp_path / "labels.yml"
+    path.write_text("")  # the exporter starts with an empty map; the simulator fills it and asks for a reload
+    server = await live_exporter(label_map=path)
+    try:
+        code, out = await run_tool("simulate", "--url", str(server.make_url("/notify")), "--check", "--wait", WAIT,
+                                   "--calls", "80", "--rate", "400", "--lines", "2", "--destinations", "2",
+                                   "--label-map", str(path), "--seed", "4")
+        assert code == 0, out
+        assert out.rstrip().endswith("0 differences")
+        assert ": sales" in path.read_text()
+        text = await scrape(server)
+        assert 'line="sales"' in text and 'destination="office-pbx"' in text
     finally:
         await server.close()
 
