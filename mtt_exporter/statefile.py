@@ -7,7 +7,7 @@ clock of now (which may have stepped since start); a load takes them as they are
 the process clock is the wall clock as of start.
 
 A file that cannot be trusted is logged, counted (`mtt_state_file_set_aside_total`) and
-renamed aside (`<name>.<reason>-<UTC time>.<nanoseconds>Z`, never over another file; at most
+renamed aside (`<name>.<reason>-<UTC time>.<nanoseconds><counter digit>Z`, never over another file; at most
 KEEP_SET_ASIDE of them are kept, the oldest removed), and the exporter starts empty: a bad
 file never stops a start. When it cannot be renamed (a read-only directory), it is left
 where it is, still counted and logged. Untrusted: not a regular file (a directory, FIFO,
@@ -402,7 +402,8 @@ class StateFile:
             self._counter += 1
             ns = time.time_ns()
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000))
-            aside = self.path.with_name(f"{self.path.name}.{reason.value}-{stamp}.{ns % 1_000_000_000:09d}{self._counter % 10}Z")
+            unique = f"{ns % 1_000_000_000:09d}{self._counter % 10}"
+            aside = self.path.with_name(f"{self.path.name}.{reason.value}-{stamp}.{unique}Z")
             try:
                 rename_noreplace(self.path, aside)
             except FileExistsError:

@@ -310,7 +310,8 @@ def test_stale_temp_files_are_removed_at_start_and_nothing_else(tmp_path):
     assert (tmp_path / ".state.json.abc123.tmp").exists()
     loader.acquire()  # as the server does before loading
     loader.load()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abc123.tmp", ".state.json.lock", "state.json.tmp"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".other.json.abc123.tmp", ".state.json.lock", "state.json.tmp"]
 
 
 # --- the app -----------------------------------------------------------------------------
