@@ -979,6 +979,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app.get(STATE)
     interval = app[SETTINGS].state_interval
     if state is not None:
+        state.acquire()  # filelock.Busy (an OSError): "cannot start: --state-file ... is in use by another exporter"
         app[METRICS].record_facts(state.load())
         if state.set_aside is not None:
             app[METRICS].state_set_aside.labels(reason=state.set_aside.value).inc()
@@ -1020,6 +1021,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[RECORDER].close()
     if state is not None:
         state.save()  # newer than any periodic write still running: that one is skipped
+        state.release()
     if shared is not None:
         await shared.close()
 
