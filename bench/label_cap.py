@@ -2,8 +2,10 @@
 
     python bench/label_cap.py [--lines 50] [--destinations 50]
 
-Counts the exposition's samples without a map and at the caps, and times `generate_latest`
-(the text format, as Prometheus scrapes it) on the exporter's registry, median of 7.
+Counts the exposition's samples without a map and at the caps, and times, median of 7: the
+exporter's own renderer (`Metrics.exposition`, what /metrics serves) on its first scrape and on a
+scrape after one notification's worth of changes, in text and in OpenMetrics with gzip (as
+Prometheus 3 asks), beside prometheus_client's `generate_latest` of the same registry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import generate_latest
 from mtt_exporter.correlator import Correlator
 from mtt_exporter.labelmap import parse
 from mtt_exporter.metrics import Metrics
+from mtt_exporter.model import Reason
 from mtt_exporter.server import default_registry
 
 
@@ -34,15 +37,26 @@ def measure(text: str | None) -> dict:
     metrics.track(Correlator().__len__)
     if text is not None:
         metrics.set_labels(parse(text))
-    body = generate_latest(registry)
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        generate_latest(registry)
-        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    body, _ = metrics.exposition()
+    first = time.perf_counter() - start
+
+    def median(render) -> float:
+        times = []
+        for _ in range(7):
+            metrics.reject(Reason.INVALID)  # a change since the last scrape, as under traffic
+            start = time.perf_counter()
+            render()
+            times.append(time.perf_counter() - start)
+        return round(statistics.median(times), 4)
+
+    om = "application/openmetrics-text; version=1.0.0"
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return {"series": series, "render_seconds_median": round(statistics.median(times), 4), "bytes": len(body),
-            "gzip_bytes": len(gzip.compress(body, 6))}
+    return {"series": series, "bytes": len(body), "gzip_bytes": len(gzip.compress(body, 6)),
+            "render_first_seconds": round(first, 4),
+            "render_text_seconds_median": median(metrics.exposition),
+            "render_openmetrics_gzip_seconds_median": median(lambda: metrics.exposition(om, "gzip")),
+            "prometheus_client_generate_latest_seconds_median": median(lambda: generate_latest(registry))}
 
 
 def main() -> None:

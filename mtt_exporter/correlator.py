@@ -604,6 +604,10 @@ def call_from_dict(data: object) -> Call:
     if not isinstance(data, dict) or not isinstance(data.get("legs"), list) or not isinstance(data.get("seen"), list):
         raise StateError("call: expected an object with legs and seen")
     call = Call(_time(data.get("last_seen")))
+    # the live bounds: every leg and premedia entry takes a notification, at most
+    # MAX_NOTIFICATIONS_PER_CALL of them per call; a call over them is not one this exporter kept
+    if len(data["legs"]) > MAX_NOTIFICATIONS_PER_CALL:
+        raise StateError(f"call: {len(data['legs'])} legs, more than a live call has ({MAX_NOTIFICATIONS_PER_CALL})")
     call.legs = [_leg_from_list(leg) for leg in data["legs"]]
     seen = data["seen"]
     if len(seen) > MAX_NOTIFICATIONS_PER_CALL or not all(type(key) is int and -(2**63) <= key < 2**63 for key in seen):
@@ -612,6 +616,8 @@ def call_from_dict(data: object) -> Call:
     premedia = data.get("premedia", [])
     if not isinstance(premedia, list):
         raise StateError("call: premedia must be a list")
+    if len(premedia) > MAX_NOTIFICATIONS_PER_CALL:
+        raise StateError(f"call: {len(premedia)} premedia, more than a live call has ({MAX_NOTIFICATIONS_PER_CALL})")
     for entry in premedia:
         if not isinstance(entry, list) or len(entry) != 4 or entry[0] not in _SIDES:
             raise StateError("call: premedia entries must be [side, number, sp, ep]")

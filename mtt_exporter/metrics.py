@@ -761,7 +761,10 @@ def exposition(registry: CollectorRegistry, accept: str = "", accept_encoding: s
     names as they are (all of this exporter's names are) render here; "dots" rewrites
     every name and is left to prometheus_client.
     """
-    encoder, content_type = choose_encoder(accept)
+    try:
+        encoder, content_type = choose_encoder(accept)
+    except Exception:  # e.g. a version that is not a number: the text format, as for no Accept at all
+        encoder, content_type = choose_encoder("")
     headers = {"Content-Type": content_type}
     compress = gzip_accepted(accept_encoding)
     if compress:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -108,9 +107,9 @@ class PayloadError(ValueError):
         self.message = message
 
 
-@dataclass(slots=True, frozen=True)
-class Notification:
-    """One validated notification, normalised; what the correlator consumes."""
+class Notification(NamedTuple):
+    """One validated notification, normalised; what the correlator consumes. Immutable (a
+    NamedTuple: built in a third of a frozen dataclass's time, once per notification)."""
 
     conf_id: str
     event: EventType
@@ -123,7 +122,7 @@ class Notification:
     cause: int | None = None
     number_a: str = ""
     sip_id: str = ""
-    conflicts: tuple[Conflict, ...] = field(default=())
+    conflicts: tuple[Conflict, ...] = ()
     #: extension of sip_id, stripped; "" when absent or longer than MAX_EXTENSION_LENGTH
     extension: str = ""
 
@@ -457,6 +456,9 @@ def parse(item: object, now: float | None = None) -> Notification:
     """
     raw: Wire | _Fields | RawNotification | None
     if type(item) is Wire:
+        usual = _parse_usual(item, now)
+        if usual is not None:
+            return usual
         raw = item  # decoded from the body with the types `_plain_fields` checks, and no other key
         cleaned: dict[Any, Any] = {}  # hence no JSON-RPC keys either
     elif not isinstance(item, dict):
@@ -555,6 +557,99 @@ def parse(item: object, now: float | None = None) -> Notification:
         conflicts=tuple(conflicts),
         extension=extension,
     )
+
+
+#: `data` as MTT writes it: a known type code, a 10-11 digit number (+ allowed), a zero-padded
+#: time, at most a cause; ASCII only, so every field it yields is printable and short.
+_USUAL_DATA = re.compile(
+    r"event=(o|s|h|sp|ep|t)_(\+?[0-9]{10,11})_([0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{2})-([0-9]{2})-([0-9]{2})"
+    r"(?:&cause=([0-9]{1,3}))?"
+)
+_USUAL_SIDE = {None: Side.UNKNOWN, "A": Side.A, "B": Side.B}
+
+
+@lru_cache(maxsize=4096)
+def _moscow_hour_of(hour: str) -> float:
+    """`YYYY-MM-DD-HH` Moscow time -> Unix seconds; ValueError for no such date."""
+    return _moscow_hour(int(hour[:4]), int(hour[5:7]), int(hour[8:10]), int(hour[11:13]))
+
+
+def _parse_usual(raw: Wire, now: float | None) -> Notification | None:
+    """`parse` of a notification as MTT usually sends it (see `_USUAL_DATA`; a known event.type
+    code as sent, side A, B or none, call id of ASCII printable characters), else None: then the
+    general path decides. Same Notification, or the same PayloadError, as the general path
+    (tests/test_model.py proves it for random notifications); bounds and printability hold as
+    the patterns only admit short ASCII printable text."""
+    data, event, conf = raw.data, raw.event, raw.h323_conf_id
+    if type(data) is not str or not data.isascii() or type(conf) is not str or not (
+            len(conf) <= MAX_ID_LENGTH and conf.isascii() and conf.isprintable()):
+        return None
+    match = _USUAL_DATA.fullmatch(data)
+    if match is None:
+        return None
+    data_code, data_number, hour, minute, second, data_cause = match.groups()
+    kind = event.type if event is not None else None
+    if kind is None:
+        event_code = None
+        kind = data_code
+    elif kind in EVENT_BY_CODE:
+        event_code = kind
+    else:
+        return None
+    side = _USUAL_SIDE.get(event.side if event is not None else None)
+    conf_id = "".join(conf.split()).upper()
+    if side is None or not conf_id or int(hour[:4]) < _WHOLE_HOUR_CHANGES_SINCE or minute > "59" or second > "59":
+        return None
+    try:
+        time = _moscow_hour_of(hour) + int(minute) * 60 + int(second)
+    except (ValueError, OverflowError):
+        return None
+    if not EARLIEST_EVENT_TIME <= time <= (LATEST_EVENT_TIME if now is None else min(LATEST_EVENT_TIME, now + MAX_FUTURE_SECONDS)):
+        return None
+    event_type = EVENT_BY_CODE[kind]
+    conflicts = [Conflict.TYPE] if event_code is not None and event_code != data_code else []
+
+    event_cause = event.cause if event is not None else None
+    if event_cause is None and raw.cause is None and data_cause is None:
+        cause = None
+    else:
+        given = [c for c in (event_cause, raw.cause, data_cause) if _present(c)]
+        cause = parse_cause(given[0]) if given else None
+        if len(given) > 1 and len({parse_cause(c) for c in given}) > 1:
+            conflicts.append(Conflict.CAUSE)
+
+    number_a = _usual_number(raw.numberA) or _number(raw.numberA, "numberA")
+    redirect = _usual_number(raw.redirect_number) or _number(raw.redirect_number, "redirect_number")
+    data_number = _usual_number(data_number)
+    if side is Side.A and event_type in _PREMEDIA:
+        if number_a and data_number != number_a:
+            conflicts.append(Conflict.NUMBER)
+        number_a = number_a or data_number
+    elif redirect and data_number != redirect:
+        conflicts.append(Conflict.NUMBER)
+    else:
+        redirect = redirect or data_number
+    extension = raw.extension
+    if not (type(extension) is str and len(extension) <= MAX_EXTENSION_LENGTH and extension.isascii()
+            and extension.isalnum()):  # else stripped or dropped as `_extension` does
+        extension = _extension(extension)
+    return Notification(conf_id, event_type, time, side, redirect, cause, number_a,
+                        _usual_number(raw.sip_id) or _number(raw.sip_id, "sip_id"), tuple(conflicts), extension)
+
+
+def _usual_number(value: object) -> str:
+    """`_number` of an absent number or of 1-64 ASCII digits with an optional "+"; "" for the rest."""
+    if value is None or type(value) is not str or len(value) > MAX_ID_LENGTH or not value.isascii():
+        return ""
+    digits = value[1:] if value[:1] == "+" else value
+    if not digits.isdigit():
+        return ""
+    if len(digits) == 11 and digits[0] in "78":
+        return "7" + digits[1:]
+    return "7" + digits if len(digits) == 10 else value
+
+
+_PREMEDIA = (EventType.PREMEDIA_START, EventType.PREMEDIA_END)
 
 
 ROUTING_MESSAGE = (

@@ -12,7 +12,9 @@ The file must be a regular file: a symlink, FIFO or device at the path is refuse
 (opened without following links and without blocking). A file that ends in a partial line
 (a kill mid-write) is ended with a newline before the first new line, and every flush takes
 the file's real size first, so a truncation by another process (logrotate's copytruncate)
-never makes a failed write "truncate back" past the end.
+never makes a failed write "truncate back" past the end. One recorder per path: an exclusive
+lock (`.<name>.lock`, filelock.py) is held from start to close; a second exporter recording
+to the same path refuses to start.
 
 Reading back validates every field of every line (a time within plausible bounds, a
 printable content type, a body) and skips and reports a line that fails, whatever the
@@ -31,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 
+from . import filelock
 from .clock import seconds
 
 log = logging.getLogger("mtt_exporter")
@@ -78,7 +81,13 @@ class Recorder:
         #: lines dropped since writing last failed; None while writing works
         self._dropped: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._open()
+        self._open()  # first: a path that is no regular file is refused before anything is created
+        #: one recorder per path (filelock.py): two would rotate each other's files out of order
+        try:
+            self._lock_fd: int | None = filelock.acquire(self.path, "--record")
+        except BaseException:
+            self._file.close()
+            raise
 
     def _open(self) -> None:
         """Open (or create) the file: a regular file only, never through a symlink, never blocking on a FIFO."""
@@ -218,6 +227,9 @@ class Recorder:
         self.flush()
         if not self._file.closed:
             self._file.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _record(raw: bytes) -> tuple[float, bytes, str]:

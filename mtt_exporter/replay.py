@@ -98,6 +98,13 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+#: Most of an answer to a POST read: the exporter's are a few hundred bytes; a hostile or
+#: misconfigured server's are cut off here (x --concurrency in flight).
+MAX_RESPONSE_BYTES = 64 << 10
+#: Largest /metrics exposition read for the final summary.
+MAX_SCRAPE_BYTES = 64 << 20
+
+
 async def post_all(
     deliveries: Iterable[Delivery],
     url: str,
@@ -118,7 +125,10 @@ async def post_all(
         async def post(d: Delivery) -> None:
             try:
                 async with session.post(url, data=d.payload(), headers={"Content-Type": d.content_type}) as response:
-                    await response.read()
+                    # the answer is only counted: read at most MAX_RESPONSE_BYTES of it, then drop the connection
+                    await response.content.read(MAX_RESPONSE_BYTES)
+                    if not response.content.at_eof():
+                        response.close()
                     result = str(response.status)
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 result = type(error).__name__
@@ -159,7 +169,13 @@ async def scrape(url: str) -> str:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         async with session.get(url, headers={"Accept": "text/plain"}) as response:
             response.raise_for_status()
-            return await response.text()
+            chunks, total = [], 0
+            while chunk := await response.content.read(1 << 20):  # bounded: MAX_SCRAPE_BYTES in all
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > MAX_SCRAPE_BYTES:
+                    raise aiohttp.ClientPayloadError(f"{url}: more than {MAX_SCRAPE_BYTES} bytes")
+            return b"".join(chunks).decode(response.get_encoding(), errors="replace")
 
 
 def metrics_url_for(notify_url: str) -> str:

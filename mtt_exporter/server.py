@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import ctypes
 import hmac
 import json
 import logging
 import resource
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -22,13 +22,13 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError, _ErrInfo
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from . import __version__, labelmap
 from .clock import ProcessClock
 from .correlator import Correlator
-from .log import RateLimitedLog, RefusalLog, mask_secrets
+from .log import SUMMARY_SECONDS, RateLimitedLog, RefusalLog, mask_secrets
 from .metrics import Metrics
 from .model import ROUTING_MESSAGE, Notification, PayloadError, Reason, Wire, decode_wire, mask_number, parse, routing_request
 from .record import Recorder
@@ -37,6 +37,7 @@ from .state import SharedState
 from .statefile import StateFile
 
 log = logging.getLogger("mtt_exporter")
+_monotonic = time.monotonic
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -67,8 +68,15 @@ RETRY_AFTER = 1
 #: and three bursts of accepts (asyncio accepts up to the listen backlog, 128, per wake-up
 #: before any is admitted, and the connections closed to make room close a turn later).
 FD_RESERVE = 128 + 3 * 128
-#: Most connections by default, whatever the fd limit: bodies in flight cost memory.
-DEFAULT_MAX_CONNECTIONS = 4096
+#: Most connections by default, whatever the fd limit: each may buffer a request head
+#: (MAX_HEAD_BYTES) and a read buffer, see README "Memory bound of the HTTP side".
+DEFAULT_MAX_CONNECTIONS = 512
+#: Bounds of a request head, checked by aiohttp's parser as it arrives (400 malformed beyond):
+#: the request line, each header line, and the number of headers. Prometheus, MTT and the
+#: probes send a few short headers; a header flood buffers at most ~MAX_HEAD_BYTES a connection.
+MAX_LINE_BYTES = 2048
+MAX_HEADERS = 32
+MAX_HEAD_BYTES = MAX_LINE_BYTES * (MAX_HEADERS + 1)
 
 
 def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Response:
@@ -85,7 +93,7 @@ def _authorized(request: web.Request, token: bytes) -> bool:
     if scheme.lower() == "bearer":
         offered.append(credentials.strip())
     elif scheme.lower() == "basic":
-        with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+        with contextlib.suppress(ValueError):  # binascii.Error, UnicodeDecodeError, non-ASCII input: 401
             offered.append(base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[2])
     ok = False
     for candidate in offered:  # compare every candidate: timing reveals nothing
@@ -101,10 +109,13 @@ class Gate:
     holds a connection for at most --read-timeout but never the capacity fast senders need.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, budget: int = 0) -> None:
         self.limit = limit
         self.busy = 0
         self.open = 0
+        #: bytes all bodies in flight may take at once (0: no bound), and those reserved now
+        self.budget = budget
+        self.buffered = 0
         self.idle = asyncio.Event()
         self.idle.set()
         # reusable contexts (classes, not generators: two fewer objects and frames a request)
@@ -116,6 +127,10 @@ class Gate:
     def entered(self) -> _Entered:
         """A request in flight, its body perhaps still arriving: for `drain`, takes no slot."""
         return self._entered
+
+    def reserved(self, size: int) -> _Reserved:
+        """`size` bytes of the body budget while a body is read and applied; as False: no room."""
+        return _Reserved(self, size)
 
     def held(self) -> _Held:
         """A slot, while the notifications of a received body are applied."""
@@ -150,6 +165,23 @@ class _Held:
 
     def __exit__(self, *_: object) -> None:
         self.gate.busy -= 1
+
+
+class _Reserved:
+    __slots__ = ("gate", "size", "room")
+
+    def __init__(self, gate: Gate, size: int) -> None:
+        self.gate, self.size = gate, size
+        self.room = not gate.budget or gate.buffered + size <= gate.budget
+
+    def __enter__(self) -> bool:
+        if self.room:
+            self.gate.buffered += self.size
+        return self.room
+
+    def __exit__(self, *_: object) -> None:
+        if self.room:
+            self.gate.buffered -= self.size
 
 
 GATE = web.AppKey("gate", Gate)
@@ -280,6 +312,9 @@ def _refuse(request: web.Request, status: int, reason: Reason, message: str, clo
     response = _error(status, reason, message)
     if close or _unread_encoded_body(request):
         response.force_close()
+        # nor read the rest away after the answer (aiohttp lingers up to lingering_time for it)
+        if isinstance(request.protocol, _Handler):
+            request.protocol.no_lingering()
     return response
 
 
@@ -290,7 +325,12 @@ async def handle_notify(request: web.Request) -> web.Response:
     if settings.token is not None and not _authorized(request, settings.token.get_secret_value().encode()):
         return _refuse(request, 401, Reason.UNAUTHORIZED, "missing or wrong token")
     gate = app[GATE]
-    with gate.entered():
+    with gate.entered(), gate.reserved(_body_size(request, settings.max_body_bytes)) as room:
+        if not room:  # every body in flight counts against --max-buffered-bytes: memory stays bounded
+            response = _refuse(request, 429, Reason.OVERLOADED, f"more than {gate.budget} body bytes in flight",
+                               close=True)
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            return response
         body = await _read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -304,6 +344,15 @@ async def handle_notify(request: web.Request) -> web.Response:
             except Exception:  # a bug of ours: counted and answered, never an unhandled 500
                 app[BUGS].error(time.monotonic(), "failed on a request", exc_info=True)
                 return _refuse(request, 400, Reason.INTERNAL, _INTERNAL_MESSAGE, close=True)
+
+
+def _body_size(request: web.Request, limit: int) -> int:
+    """The most memory the body of `request` can take: its Content-Length, or the limit when it
+    is chunked or compressed (decompressed up to the limit)."""
+    length = request.content_length
+    if length is None or hdrs.CONTENT_ENCODING in request.headers:
+        return limit
+    return min(length, limit)
 
 
 _INTERNAL_MESSAGE = "the exporter failed on this notification (its bug, logged); nothing of it was kept"
@@ -549,8 +598,23 @@ async def handle_index(request: web.Request) -> web.Response:
     )
 
 
+#: Characters of a path kept in an access-log line (escaped by the JSON format, so at most twice).
+ACCESS_PATH_CHARS = 64
+#: Access-log lines per interval (SUMMARY_SECONDS) at most; the next line says how many were not written.
+ACCESS_LINES = 100
+
+
 class AccessLogger(AbstractAccessLogger):
-    """Access log at debug, with the token cut out of the path and query."""
+    """Access log at debug, with the token cut out of the path and query.
+
+    Refused requests (4xx) get no line of their own: the refusal summary has them, rate-limited.
+    Served ones get one line of bounded size, at most ACCESS_LINES per interval, so even at
+    debug the log grows by a few kB per 10 s at most, whatever is sent.
+    """
+
+    lines = 0
+    interval_end = 0.0
+    unlogged = 0
 
     @property
     def enabled(self) -> bool:
@@ -558,14 +622,22 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.DEBUG)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.DEBUG):
+        if not self.logger.isEnabledFor(logging.DEBUG) or response.status >= 400:
             return
-        path = mask_secrets(request.raw_path, _CLIENT_FAULTS.secrets)
-        self.logger.debug(
-            "request",
-            extra={"method": request.method, "path": path, "status": response.status,
-                   "seconds": round(time, 6), "peer": request.remote},
-        )
+        cls, now = AccessLogger, _monotonic()
+        if now >= cls.interval_end:
+            cls.interval_end, cls.lines = now + SUMMARY_SECONDS, 0
+        if cls.lines >= ACCESS_LINES:
+            cls.unlogged += 1
+            return
+        cls.lines += 1
+        # masked whole, then cut: a cut token would no longer match (the path is at most MAX_LINE_BYTES)
+        path = mask_secrets(request.raw_path, _CLIENT_FAULTS.secrets)[:ACCESS_PATH_CHARS]
+        extra = {"method": request.method[:16], "path": path, "status": response.status, "seconds": round(time, 6),
+                 "peer": request.remote}
+        if cls.unlogged:
+            extra["unlogged"], cls.unlogged = cls.unlogged, 0
+        self.logger.debug("request", extra=extra)
 
 
 class _ClientFaults(logging.Filter):
@@ -578,12 +650,22 @@ class _ClientFaults(logging.Filter):
         super().__init__()
         #: tokens of the apps created in this process, masked wherever they appear
         self.secrets: set[str] = set()
+        #: tracebacks of our own bugs: one per interval, the next says how many were not written
+        self.next_bug = 0.0
+        self.suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         client_fault = isinstance(error, web.RequestPayloadError | ConnectionResetError) or (
             isinstance(error, HttpProcessingError) and 400 <= (error.code or 0) < 500)
         if not client_fault:
+            if record.levelno < logging.ERROR:
+                return True
+            now = _monotonic()  # a bug any client can trigger must not flood the log either
+            if now < self.next_bug:
+                self.suppressed += 1
+                return False
+            record.repeated, self.next_bug, self.suppressed = self.suppressed, now + SUMMARY_SECONDS, 0
             return True
         # aiohttp's texts quote the request line (and with it a token): masked, then cut
         detail = mask_secrets(" ".join(str(error).split()), self.secrets)[:120]
@@ -604,6 +686,12 @@ _TOO_MANY_CONNECTIONS = (
                                   "error": "too many open connections; try again"}).encode())), body)
 
 
+#: Kernel send buffer of a connection (Linux doubles it): a /metrics answer fits many times over.
+SEND_BUFFER_BYTES = 64 * 1024
+
+#: Requests pipelined on a connection queued unanswered at most; reading pauses beyond.
+PIPELINED = 2
+
 #: Bytes at the start of a connection kept to recover requests pipelined before garbage.
 SALVAGE_BYTES = 16 * 1024
 
@@ -615,12 +703,68 @@ class _Handler(RequestHandler):
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._parser_options = {k: kwargs[k] for k in ("max_line_size", "max_field_size", "max_headers") if k in kwargs}
+        # fewer pipelined requests queued unanswered (aiohttp: 32), each body buffered up to
+        # 2 x read_bufsize before reading pauses: bounds a connection's memory
+        with contextlib.suppress(TypeError):  # another aiohttp: its own queue
+            self._parser = HttpRequestParser(
+                self, self._loop, self._read_bufsize, payload_exception=RequestPayloadError,
+                auto_decompress=kwargs.get("auto_decompress", True), max_msg_queue_size=PIPELINED,
+                **self._parser_options)
+            self._max_msg_queue_size, self._msg_queue_resume_size = PIPELINED, PIPELINED // 2
         #: the bytes received so far, while fewer than SALVAGE_BYTES; None after
         self._seen: bytearray | None = bytearray()
+        #: an unparsable request was queued: the rest of the connection's bytes are dropped
+        self._broken = False
+        #: closes the connection when a response write stalls (the client reads nothing)
+        self._stalled: asyncio.TimerHandle | None = None
+
+    def no_lingering(self) -> None:
+        """Close right after the answer, without reading the rest of the body away."""
+        self._lingering_time = 0.0
+
+    def pause_writing(self) -> None:
+        """The client stopped reading (its answers pile up): it has the write timeout
+        (--read-timeout) to read again, else the connection is dropped and counted. This also
+        bounds a client pipelining requests it never reads the answers of (aiohttp queues at
+        most MAX_MSG_QUEUE_SIZE requests a connection and stops reading beyond)."""
+        super().pause_writing()
+        if self._stalled is None and self._keepalive_timeout:
+            self._stalled = self._loop.call_later(self._keepalive_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _write_stalled(self) -> None:
+        self._stalled = None
+        server = self._manager
+        if isinstance(server, _Server) and server.app is not None:
+            server.app[METRICS].reject(Reason.TIMEOUT)
+            server.app[REFUSALS].add(time.monotonic(), Reason.TIMEOUT.value, self._peer(),
+                                     f"answers not read within {self._keepalive_timeout:g} s: connection closed")
+        if self.transport is not None:
+            self.transport.abort()  # the unsent answers are dropped; connection_lost cleans up
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().connection_lost(exc)
+
+    def _peer(self) -> str:
+        with contextlib.suppress(Exception):
+            return str(self.transport.get_extra_info("peername")[0]) if self.transport else "unknown"
+        return "unknown"
 
     def data_received(self, data: bytes) -> None:
         """aiohttp's parser drops every request of a segment when one in it is unparsable:
-        parse the connection's bytes again piece by piece and queue the requests before it."""
+        parse the connection's bytes again piece by piece and queue the requests before it.
+        After an unparsable request nothing more is read: the connection ends with its 400, and
+        aiohttp's parser would queue one more error (holding the data) for every further read."""
+        if self._broken:
+            return
         seen = self._seen
         if seen is not None:
             if len(seen) + len(data) > SALVAGE_BYTES:
@@ -629,6 +773,8 @@ class _Handler(RequestHandler):
                 seen += data
         before = self._request_count
         super().data_received(data)
+        if self._messages and isinstance(self._messages[-1][0], _ErrInfo):
+            self._broken = True
         if seen is None or self._request_count != before + 1 or not self._messages:
             return
         if not isinstance(self._messages[-1][0], _ErrInfo):
@@ -645,7 +791,7 @@ class _Handler(RequestHandler):
         """The complete requests in `data` after the first `skip`, up to the unparsable one."""
         try:
             parser = HttpRequestParser(self, self._loop, self._read_bufsize, payload_exception=RequestPayloadError,
-                                       max_msg_queue_size=MAX_MSG_QUEUE_SIZE, **self._parser_options)
+                                       max_msg_queue_size=PIPELINED, **self._parser_options)
         except TypeError:  # another aiohttp: no salvage
             return []
         messages: list[Any] = []
@@ -667,6 +813,11 @@ class _Handler(RequestHandler):
             transport.close()
             self._manager = None  # never registered: connection_lost has nothing to undo
             return
+        # a small kernel send buffer: a client that reads nothing stalls our writes (and is
+        # dropped, see pause_writing) after ~SEND_BUFFER_BYTES of answers, not megabytes
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         super().connection_made(transport)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
@@ -682,10 +833,7 @@ class _Handler(RequestHandler):
         app[METRICS].reject(reason)
         text = ("request is not valid HTTP/1.1 (request line, headers or chunked framing)" if reason is Reason.MALFORMED
                 else _INTERNAL_MESSAGE)
-        peer = "unknown"
-        with contextlib.suppress(Exception):
-            peer = str(self.transport.get_extra_info("peername")[0]) if self.transport else peer
-        app[REFUSALS].add(time.monotonic(), reason.value, peer, text)
+        app[REFUSALS].add(time.monotonic(), reason.value, self._peer(), text)
         response = _error(status if reason is Reason.MALFORMED else 400, reason, text)
         response.force_close()
         return response
@@ -716,6 +864,35 @@ class _Server(web.Server):
         return False
 
 
+def _json_http_errors(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+                      ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """`handler` with the 4xx aiohttp raises itself (before or around the app's routes) answered
+    with the project's JSON and counted: a path the router cannot match at all (CONNECT
+    host:443, OPTIONS *), an Expect other than 100-continue (417, the header never echoed)."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if not 400 <= error.status < 500 or not isinstance(request, web.Request):
+                raise
+            reason, message = _HTTP_ERRORS.get(error.status, (Reason.MALFORMED, "request refused"))
+            response = _refuse(request, error.status, reason, message)
+            for name in ("Allow", "Retry-After"):
+                if name in error.headers:
+                    response.headers[name] = error.headers[name]
+            return response
+
+    return handle
+
+
+_HTTP_ERRORS = {
+    404: (Reason.NOT_FOUND, "no such path: notifications go to POST /notify or /notify/<token>"),
+    405: (Reason.METHOD_NOT_ALLOWED, "method not allowed here"),
+    417: (Reason.MALFORMED, "unsupported Expect header: only 100-continue is understood"),
+}
+
+
 class Runner(web.AppRunner):
     """The AppRunner of the exporter's apps: --max-connections and JSON for protocol errors."""
 
@@ -724,6 +901,7 @@ class Runner(web.AppRunner):
         server.__class__ = _Server  # same state, our protocol factory
         assert isinstance(server, _Server)
         server.app = self.app
+        server.request_handler = _json_http_errors(server.request_handler)
         if SETTINGS in self.app:
             server.max_connections = max_connections(self.app[SETTINGS])
         asyncio.get_running_loop().set_exception_handler(_loop_errors)
@@ -801,6 +979,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app.get(STATE)
     interval = app[SETTINGS].state_interval
     if state is not None:
+        state.acquire()  # filelock.Busy (an OSError): "cannot start: --state-file ... is in use by another exporter"
         app[METRICS].record_facts(state.load())
         if state.set_aside is not None:
             app[METRICS].state_set_aside.labels(reason=state.set_aside.value).inc()
@@ -842,6 +1021,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[RECORDER].close()
     if state is not None:
         state.save()  # newer than any periodic write still running: that one is skipped
+        state.release()
     if shared is not None:
         await shared.close()
 
@@ -869,12 +1049,19 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of the AppRunner: access log, and time limits from --read-timeout.
 
     `keepalive_timeout` also closes a connection that sends no complete request head in
-    time (aiohttp arms it at connect), which bounds slow-header clients.
+    time (aiohttp arms it at connect), which bounds slow-header clients; it is also how long
+    a response write may stall on a client that does not read (see `_Handler`).
     """
     return {
         "access_log_class": AccessLogger,
         "keepalive_timeout": settings.read_timeout,
         "shutdown_timeout": settings.read_timeout,
+        # the rest of a body left unread is read away after the answer at most this long
+        # (aiohttp: 10 s); a refusal that closes the connection reads none (see _refuse)
+        "lingering_time": min(settings.read_timeout, 2.0),
+        "max_line_size": MAX_LINE_BYTES,
+        "max_field_size": MAX_LINE_BYTES,
+        "max_headers": MAX_HEADERS,
     }
 
 
@@ -926,7 +1113,7 @@ def create_app(
     app[TIMER] = ProcessClock(clock, monotonic)
     app[SHARED] = shared
     app[READY] = asyncio.Event()
-    app[GATE] = Gate(settings.max_concurrent_requests)
+    app[GATE] = Gate(settings.max_concurrent_requests, max(settings.max_buffered_bytes, settings.max_body_bytes))
     if settings.state_path is not None:
         app[STATE] = StateFile(settings.state_path, correlator, app[TIMER], settings.state_max_age)
         metrics.track_state_file()

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     tls_cert: FilePath | None = Field(None, description="PEM certificate (chain) to serve the main listener over HTTPS.")
     tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert.")
     max_concurrent_requests: int = Field(256, ge=1, description="Notification requests processed at once once their body is in; more get 429 (overloaded).")
-    max_connections: int | None = Field(None, ge=1, description="Open connections accepted at once; beyond, the longest-idle one is closed or the new one gets 429 (too_many_connections). Default: the open-file limit (raised to its hard limit at start) less 512, at most 4096.")
+    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes all request bodies in flight may take at once (at least --max-body-bytes); a body beyond gets 429 (overloaded). With --max-connections it bounds the HTTP side's memory.")
+    max_connections: int | None = Field(None, ge=1, description="Open connections accepted at once; beyond, the longest-idle one is closed or the new one gets 429 (too_many_connections). Default: the open-file limit (raised to its hard limit at start) less 512, at most 512.")
     read_timeout: float = Field(30.0, gt=0, description="Seconds to receive a request's headers and body (408 timeout), and to keep an idle connection.")
     event_loop: Literal["asyncio", "uvloop"] = Field("asyncio", description="Event loop; uvloop (pip install 'mtt-call-exporter[uvloop]') is faster.")
     state_backend: SecretStr | None = Field(
@@ -167,7 +168,7 @@ def _host_bits(item: object) -> None:
 #: Metavars of the help (pydantic-settings would show the type: `{SecretStr,null}`).
 METAVARS = {
     "listen": "HOST:PORT", "metrics_listen": "HOST:PORT", "token": "SECRET", "call_ttl": "SECONDS",
-    "max_calls": "N", "call_end_grace": "SECONDS", "max_body_bytes": "BYTES", "max_batch_items": "N",
+    "max_calls": "N", "call_end_grace": "SECONDS", "max_body_bytes": "BYTES", "max_buffered_bytes": "BYTES", "max_batch_items": "N",
     "record": "FILE", "record_max_bytes": "BYTES", "record_keep": "N", "data_dir": "DIR", "state_file": "FILE",
     "state_interval": "SECONDS", "allow_cidr": "CIDR", "trusted_proxy": "CIDR", "tls_cert": "FILE",
     "tls_key": "FILE", "max_concurrent_requests": "N", "max_connections": "N", "read_timeout": "SECONDS", "state_backend": "URL",

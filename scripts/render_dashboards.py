@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mtt_exporter.replay import post_all  # noqa: E402
-from mtt_exporter.simulate import SimConfig, Simulation  # noqa: E402
+from mtt_exporter.simulate import SimConfig, Simulation, label_map_yaml  # noqa: E402
 from tests import crafted_calls  # noqa: E402
 from tests.grafana import RULE_FILES, dashboards, substitute  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
@@ -58,6 +58,8 @@ OPEN_CALLS = 30  # calls that never end: expired by the TTL
 TTL = 90  # above the longest simulated conversation: only the open calls expire
 #: Grafana's $__rate_interval at a 15 s scrape interval (here Prometheus scrapes every second).
 RATE_INTERVAL = "1m"
+#: Three named lines and destinations, and a share of unmapped numbers (`other`), as an operator's map gives.
+LINES = dict(lines=3, destinations=3, mapped=True)
 CAPTION = "Rendering of the panels' PromQL against a real Prometheus fed by the simulator (not a Grafana screenshot)"
 #: Grafana's named colours, roughly.
 COLOURS = {"green": "#56a64b", "red": "#e02f44", "orange": "#ff9830", "yellow": "#f2cc0c", "blue": "#3274d9",
@@ -76,7 +78,9 @@ def stack(workdir: Path) -> Iterator[Stack]:
     backend = RedisServer(redis_bin, workdir) if redis_bin else None  # fills the dashboards' state backend row
     if backend is not None:
         backend.start()
+    (workdir / "labels.yml").write_text(label_map_yaml(SimConfig(**LINES)))
     exporter = _start([sys.executable, "-m", "mtt_exporter", "--listen", f"127.0.0.1:{exporter_port}",
+                       "--label-map", str(workdir / "labels.yml"),
                        "--token", TOKEN, "--call-end-grace", "1", "--call-ttl", str(TTL),
                        "--max-calls", str(MAX_CALLS), *(["--state-backend", backend.url] if backend else [])],
                       workdir / "mtt_exporter.log")
@@ -108,7 +112,7 @@ def feed(s: Stack, seconds: float) -> tuple[float, float]:
     rate = 1.5
     config = SimConfig(calls=max(1, round(seconds * rate)), rate=rate, speed=1, start=int(time.time()), seed=7,
                        run_id="pictures", ring_mean=6, talk_mean=25, talk_max=80, duplicate_pct=2, reorder_pct=5,
-                       malformed_pct=1, unknown_event_pct=1)
+                       malformed_pct=1, unknown_event_pct=1, **LINES)
     start = time.time()
 
     def crafted() -> None:

@@ -172,7 +172,9 @@ def test_temp_file_of_a_killed_save_is_cleaned_up(tmp_path):
     # a whole restart cycle: start (load), run, stop (save)
     correlator, _, _ = run(SEED[:4])
     state = StateFile(path, Correlator())
+    state.acquire()  # as the server does: only the holder of the lock cleans up (attack round 2, finding 7)
     state.load()
+    state.release()
     StateFile(path, correlator).save()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -199,8 +201,9 @@ def test_failed_periodic_save_then_hard_kill_brings_back_no_ended_call(tmp_path,
     assert fresh.in_progress() == 0
 
 
-def test_final_save_failing_on_the_real_file_size_limit_sets_the_older_snapshot_aside(tmp_path):
-    """Held (real process, real EFBIG via prlimit): the next start is empty, no phantom calls."""
+def test_final_save_failing_on_the_real_file_size_limit_removes_the_older_snapshot(tmp_path):
+    """Held (real process, real EFBIG via prlimit): the next start is empty, no phantom calls.
+    Changed in attack round 2 (finding 4): the older snapshot is removed, not set aside."""
     import time
 
     seed = json.loads((Path(__file__).parent / "data" / "seed_call.json").read_text())
@@ -221,7 +224,7 @@ def test_final_save_failing_on_the_real_file_size_limit_sets_the_older_snapshot_
     finally:
         exporter.stop()
     assert not path.exists()
-    assert "older state file is set aside" in exporter.log()
+    assert "older state file is removed" in exporter.log()
     again = Exporter(tmp_path, "--state-file", str(path)).start()
     try:
         assert "mtt_calls_in_progress 0.0" in again.metrics()
@@ -311,7 +314,7 @@ def test_record_does_not_write_through_a_symlink(tmp_path):
 
 
 def test_record_rotation_on_a_full_filesystem_keeps_whole_lines_and_no_fd(tmp_path):
-    """Held: a real full filesystem (tmpfs of 64 KiB and 3 inodes in a private mount
+    """Held: a real full filesystem (tmpfs of 64 KiB and 4 inodes, one the lock file in a private mount
     namespace): the new file after the second rotation cannot be created (ENOSPC), later
     flushes keep failing; no exception escapes, every file left holds whole lines, no
     descriptor leaks, and the failure is logged once, not once per flush."""
@@ -332,7 +335,7 @@ def test_record_rotation_on_a_full_filesystem_keeps_whole_lines_and_no_fd(tmp_pa
         print(len(os.listdir("/proc/self/fd")) - fds)
         print(sorted(os.listdir({str(data)!r})))
         """))
-    shell = f"mount -t tmpfs -o size=64k,nr_inodes=3 tmpfs {data} && exec \"$0\" \"$@\""
+    shell = f"mount -t tmpfs -o size=64k,nr_inodes=4 tmpfs {data} && exec \"$0\" \"$@\""  # 4: the lock file
     result = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", shell, sys.executable,
                              str(script)], capture_output=True, text=True, timeout=60)
     if "mount" in result.stderr and result.returncode != 0 and "Traceback" not in result.stderr:
@@ -342,7 +345,7 @@ def test_record_rotation_on_a_full_filesystem_keeps_whole_lines_and_no_fd(tmp_pa
     assert int(delta) <= 0  # closed or never reopened, nothing else left open
     assert result.stderr.count("cannot write --record file") == 1
     assert "Traceback" not in result.stderr
-    assert eval(names) == ["rec.jsonl.1", "rec.jsonl.2"]  # the third file could not be created
+    assert eval(names) == [".rec.jsonl.lock", "rec.jsonl.1", "rec.jsonl.2"]  # the third file could not be created
 
 
 # --- replay -----------------------------------------------------------------------------------

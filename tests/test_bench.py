@@ -42,7 +42,7 @@ def test_callgrind_smoke(tmp_path):
 
 def test_where_smoke():
     need_binary("wrk")
-    result = subprocess.run([sys.executable, "bench/where.py", "--seconds", "1", "--top", "5"],
+    result = subprocess.run([sys.executable, "bench/where.py", "--seconds", "1", "--top", "20"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| mtt_exporter/model.py |" in result.stdout

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mtt_exporter import model
@@ -103,3 +103,94 @@ def test_moscow_hour_cache_equals_zoneinfo(year):
 def test_moscow_invalid_dates_still_raise(stamp):
     with pytest.raises(ValueError):
         moscow_to_unix(stamp)
+
+
+# --- the usual-notification path (`model._parse_usual`) --------------------------------------
+
+def _mostly(usual, *others):
+    """`usual` 7 times in 8, else one of `others`: enough typical notifications to take the shortcut."""
+    other = st.one_of(*others)  # (a nested one_of would be flattened into equal shares)
+    return st.sampled_from([True] * 7 + [False]).flatmap(lambda typical: st.just(usual) if typical else other)
+
+
+_TEXT = st.text(max_size=8)  # any code point, lone surrogates and controls included
+_NUMBERS = _mostly("79684881033", st.none(), st.sampled_from(
+    ["+79684881033", "89684881033", "9684881033", " 79586488000", "", "+", "7968 488-10-33", "٧٩٦٨٤٨٨١٠٣٣"]),
+    st.integers(-1, 10**12), _TEXT)
+_CAUSES = _mostly(None, st.integers(-2, 300), st.sampled_from(["16", " 16 ", "n/a", "", "1_6", "016"]),
+                  st.floats(allow_nan=True), _TEXT)
+
+
+@st.composite
+def _usual_data(draw):
+    """`data` mostly of MTT's shape, with the edges of `_USUAL_DATA` and of the calendar."""
+    code = draw(_mostly("h", st.sampled_from(["o", "s", "sp", "ep", "t", "H", "x", ""])))
+    number = draw(_mostly("79684881033", st.sampled_from(["+79684881033", "9684881033", "", "+7968488103", "7968488103312"])))
+    year = draw(_mostly("2019", st.sampled_from(["2026", "1991", "1999", "2100", "0001", "9999"])))
+    edge = st.sampled_from(["00", "01", "12", "13", "23", "24", "29", "30", "31", "59", "60", "99", "3"])
+    parts = [draw(_mostly(usual, edge)) for usual in ("05", "23", "15", "16", "59")]
+    rest = draw(_mostly("", st.sampled_from(["&cause=16", "&cause=200", "&cause=016", "&cause=", "&x=1", "&cause=16&cause=17"])))
+    text = f"event={code}_{number}_{year}-{'-'.join(parts)}{rest}"
+    return draw(_mostly(text, st.sampled_from([f" {text}", f"{text}\n", text.replace("_", "\u0660", 1),
+                                               text + "\ud800", text + "\u00a0"])))
+
+
+WIRES = st.builds(
+    model.Wire,
+    date_time=_mostly(None, st.integers(0, 2 * 10**12), _TEXT),
+    data=st.sampled_from([True] * 7 + [False]).flatmap(lambda typical: _usual_data() if typical else st.one_of(st.none(), _TEXT)),
+    event=_mostly(None, st.builds(
+        model.WireEvent,
+        type=_mostly("h", st.none(), st.sampled_from(["o", "s", "sp", "ep", "t", "H", " h", "x", ""]), _TEXT),
+        side=_mostly(None, st.sampled_from(["A", "B", "a", " B", "C", ""]), _TEXT),
+        cause=_CAUSES)),
+    cause=_CAUSES,
+    redirect_number=_NUMBERS,
+    sip_id=_NUMBERS,
+    numberA=_NUMBERS,
+    extension=_mostly("0004", st.none(), st.sampled_from([" 0004 ", "", "x" * 16, "x" * 17, "00-4", "\u0664"]),
+                      st.integers(), _TEXT),
+    h323_conf_id=_mostly("BC5F236C 5AD211E9", st.sampled_from(["bc5f236c\t5ad211e9", " ", "", "a" * 64, "a" * 65, "é" * 10]),
+                         st.none(), st.integers(), _TEXT),
+)
+
+
+def _wire(data, **fields):
+    return model.Wire(data=data, h323_conf_id=fields.pop("h323_conf_id", "BC5F236C 5AD211E9"), **fields)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(WIRES, st.sampled_from([None, 1558613711.0, 1767225600.0, 946684800.0]))
+@example(_wire("event=h_79684881033_2019-05-23-15-60-59"), None)  # the edges of the calendar, always tried
+@example(_wire("event=h_79684881033_2019-05-23-15-16-60"), None)
+@example(_wire("event=h_79684881033_2019-05-23-24-16-59"), None)
+@example(_wire("event=h_79684881033_2019-02-29-15-16-59"), None)
+@example(_wire("event=h_79684881033_2019-13-23-15-16-59"), None)
+@example(_wire("event=h_79684881033_1991-05-23-15-16-59"), None)
+@example(_wire("event=h_79684881033_2019-05-23-15-16-59"), 1558613711.0 - 8 * 86400)
+@example(_wire("event=sp_79684881033_2019-05-23-15-16-59&cause=16", numberA="+79684881034",
+               event=model.WireEvent(type="ep", side="A", cause="17")), None)
+@example(_wire("event=h_79684881033_2019-05-23-15-16-59", h323_conf_id="a\u00a0b"), None)
+def test_usual_path_equals_general_path(item, now):
+    """The usual-notification shortcut gives the general path's Notification or PayloadError, bounds included."""
+    def result():
+        try:
+            return parse(item, now)
+        except PayloadError as error:
+            return (error.reason, error.message)
+
+    fast = result()
+    shortcut = model._parse_usual
+    model._parse_usual = lambda raw, now: None  # always the general path
+    try:
+        slow = result()
+    finally:
+        model._parse_usual = shortcut
+    assert fast == slow
+
+
+def test_usual_path_taken_for_the_seed(seed_call):
+    """The shortcut is not dead code: MTT's own notifications take it."""
+    now = 1558613711.0 + 3600
+    taken = [model._parse_usual(decode_wire(json.dumps(item).encode()), now) for item in seed_call]
+    assert all(n is not None for n in taken)

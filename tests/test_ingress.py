@@ -122,18 +122,27 @@ async def test_a_failure_outside_the_items_is_answered_by_the_exporter(make_clie
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["failed on a request"]
 
 
-#: README, Security: bytes a call holds whatever its fields, as measured here.
-BYTES_PER_CALL = 1536
-BYTES_PER_CALL_WORST = 300_000
+#: README, Security: bytes a call holds whatever its fields, as measured here (astral
+#: characters, which CPython stores in 4 bytes each, included).
+BYTES_PER_CALL = 2048
+BYTES_PER_CALL_WORST = 500_000
+
+#: Characters of the hostile fields: ASCII (1 byte each in CPython) or astral (4 bytes each;
+#: a mathematical digit: printable, a digit, unchanged by upper()).
+ALPHABETS = [
+    pytest.param(("F", "1", "2", "3", "W"), id="ascii"),
+    pytest.param(("\U0001D7D8", "\U0001D7D9", "\U0001D7DA", "\U0001F600", "\U0001D7DB"), id="astral"),
+]
 
 
-def _hostile_call(i: int) -> list[dict]:
+def _hostile_call(i: int, alphabet: tuple[str, ...] = ("F", "1", "2", "3", "W")) -> list[dict]:
     """A whole call (sp/ep A, o, s, sp/ep B, t, h) with every kept field at its longest."""
-    conf = f"{i:08d}".ljust(MAX_ID_LENGTH, "F") + " " * 100  # spaces are removed, the rest kept
-    a, b, sip = ("1" * MAX_ID_LENGTH), f"{i:08d}".rjust(MAX_ID_LENGTH, "2"), "3" * MAX_ID_LENGTH
+    f, one, two, three, _ = alphabet
+    conf = f"{i:08d}".ljust(MAX_ID_LENGTH, f) + " " * 100  # spaces are removed, the rest kept
+    a, b, sip = (one * MAX_ID_LENGTH), f"{i:08d}".rjust(MAX_ID_LENGTH, two), three * MAX_ID_LENGTH
     steps = [("sp", "A"), ("ep", "A"), ("o", None), ("s", None), ("sp", "B"), ("ep", "B"), ("t", None), ("h", "B")]
     return [{"h323_conf_id": conf, "event": {"type": code, **({"side": side} if side else {})}, "date_time": NOW - 100 + j,
-             "numberA": a, "redirect_number": b, "sip_id": sip, "client_id": "9" * MAX_FIELD_LENGTH}
+             "numberA": a, "redirect_number": b, "sip_id": sip, "client_id": one * MAX_FIELD_LENGTH}
             for j, (code, side) in enumerate(steps)]
 
 
@@ -144,22 +153,23 @@ def test_a_week_ahead_is_the_limit():
     assert refused.value.reason is Reason.IMPLAUSIBLE_TIME
 
 
-def test_bytes_per_call_stay_bounded_whatever_the_fields():
+@pytest.mark.parametrize("alphabet", ALPHABETS)
+def test_bytes_per_call_stay_bounded_whatever_the_fields(alphabet):
     # item 4: 300 requests with a 1 MB numberA added 305 MB; now every kept field has a bound
     correlator, calls = Correlator(max_calls=10**6), 2000
     gc.collect()
     tracemalloc.start()
     try:
         for i in range(calls):
-            for item in _hostile_call(i):
+            for item in _hostile_call(i, alphabet):
                 correlator.apply(parse(item, NOW), NOW)
         gc.collect()
         per_call = tracemalloc.get_traced_memory()[0] / calls
         one = Correlator()
         before = tracemalloc.get_traced_memory()[0]
         for j in range(1000):  # the worst call: 1,000 notifications, each opening a new leg
-            item = {"h323_conf_id": "W" * MAX_ID_LENGTH, "event": {"type": "o"}, "date_time": NOW - 2000 + j,
-                    "redirect_number": str(10**63 + j)}
+            item = {"h323_conf_id": alphabet[4] * MAX_ID_LENGTH, "event": {"type": "o"}, "date_time": NOW - 2000 + j,
+                    "redirect_number": f"{j:04d}".rjust(MAX_ID_LENGTH, alphabet[1])}
             one.apply(parse(item, NOW), NOW)
         gc.collect()
         worst = tracemalloc.get_traced_memory()[0] - before

@@ -43,7 +43,7 @@ def test_rotation_keeps_the_newest_files_in_order(tmp_path):
         if i % 10 == 9:
             recorder.flush()
     recorder.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.jsonl", "rec.jsonl.1", "rec.jsonl.2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rec.jsonl.lock", "rec.jsonl", "rec.jsonl.1", "rec.jsonl.2"]
     assert all(p.stat().st_size <= 4096 for p in tmp_path.iterdir())
     times = [t for t, _, _ in read_records([tmp_path / "rec.jsonl.2", tmp_path / "rec.jsonl.1", path])]
     assert times == [float(i) for i in range(200 - len(times), 200)]  # contiguous, oldest first, ends with the last

@@ -147,7 +147,7 @@ def saved(tmp_path, steps=SEED[:4]) -> StateFile:
 
 def test_save_is_atomic_private_and_loads_back(tmp_path):
     state = saved(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".state.json.lock", "state.json"]  # no temp file left
     assert stat.S_IMODE(os.stat(state.path).st_mode) == 0o600
     fresh = Correlator()
     facts = StateFile(state.path, fresh).load()
@@ -166,18 +166,18 @@ def test_an_older_snapshot_never_replaces_a_newer_one(tmp_path):
     assert len(json.loads(state.path.read_text())["calls"]) == 1
 
 
-def test_failed_write_sets_the_old_file_aside_intact(tmp_path, monkeypatch):
+def test_failed_write_removes_the_old_file(tmp_path, monkeypatch):
     """Never a mix, no temp file; and the older snapshot no longer at the path, where a
-    start after a hard kill would take it for current (#9 item 8: any failed save, periodic too)."""
+    start after a hard kill would take it for current (#9 item 8: any failed save, periodic too).
+    Changed in attack round 2 (finding 4): removed, no longer renamed aside, which kept its
+    blocks allocated on the full disk that made the save fail."""
     state = saved(tmp_path)
     before = state.path.read_bytes()
     state.correlator.apply(note("o", 0, B2, conf="C2"), NOW)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
         state.write(state.snapshot())
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert len(names) == 1 and names[0].startswith("state.json.stale-")
-    assert (tmp_path / names[0]).read_bytes() == before
+    assert before and sorted(p.name for p in tmp_path.iterdir()) == [".state.json.lock"]
 
 
 def _truncated(path):
@@ -305,8 +305,13 @@ def test_stale_temp_files_are_removed_at_start_and_nothing_else(tmp_path):
     (tmp_path / ".state.json.abc123.tmp").write_bytes(b"x" * 1000)  # a save killed mid-write
     (tmp_path / ".other.json.abc123.tmp").write_bytes(b"keep")  # another file's
     (tmp_path / "state.json.tmp").write_bytes(b"keep")  # not our pattern
-    StateFile(tmp_path / "state.json", Correlator()).load()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abc123.tmp", "state.json.tmp"]
+    loader = StateFile(tmp_path / "state.json", Correlator())
+    loader.load()  # without the lock (attack round 2, finding 7): another exporter's save may be in flight
+    assert (tmp_path / ".state.json.abc123.tmp").exists()
+    loader.acquire()  # as the server does before loading
+    loader.load()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".other.json.abc123.tmp", ".state.json.lock", "state.json.tmp"]
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -386,15 +391,16 @@ def test_start_refuses_a_snapshot_older_than_it_can_trust(tmp_path, caplog, age,
     assert [r.reason for r in caplog.records if "set aside" in r.getMessage()] == [aside.value]
 
 
-def test_failed_final_save_sets_the_older_snapshot_aside(tmp_path, caplog, monkeypatch):
+def test_failed_final_save_removes_the_older_snapshot(tmp_path, caplog, monkeypatch):
+    """Changed in attack round 2 (finding 4): removed rather than renamed aside."""
     state = saved(tmp_path, SEED[:4])  # a periodic snapshot: the call answered, in progress
     for offset, n in SEED[4:]:  # the call ends after it
         state.correlator.apply(n, NOW + offset)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     state.save()  # the final save fails
     assert not state.path.exists()
-    assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == ["state.json.stale"]
-    assert "cannot write the state file" in caplog.text and "older state file is set aside" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == [".state.json.lock"]
+    assert "cannot write the state file" in caplog.text and "older state file is removed" in caplog.text
     fresh = Correlator()
     assert StateFile(state.path, fresh).load() == [] and len(fresh) == 0  # no phantom call at the next start
 
