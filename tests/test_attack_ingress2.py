@@ -267,3 +267,82 @@ def test_reload_from_a_non_loopback_peer_cannot_pass_as_loopback(tmp_path: Path,
         assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
     finally:
         exporter.stop()
+
+
+def _series(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line and not line.startswith("#")]
+
+
+def _scrapes(exporter: Exporter) -> dict[str, str]:
+    """The exposition in text, OpenMetrics, and both gzipped (the renderer's cached pieces)."""
+    import urllib.request
+    out = {}
+    for name, accept, encoding in (("text", "", "identity"), ("om", "application/openmetrics-text", "identity"),
+                                   ("text-gz", "", "gzip"), ("om-gz", "application/openmetrics-text", "gzip")):
+        req = urllib.request.Request(exporter.base + "/metrics", headers={"Accept": accept, "Accept-Encoding": encoding})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            body = response.read()
+            if response.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+        out[name] = body.decode()
+    return out
+
+
+def test_removed_line_leaves_every_exposition_after_reload_and_storms_do_not_grow_it(tmp_path: Path) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
+    from prometheus_client.parser import text_string_to_metric_families as text_families
+    label_map = tmp_path / "labels.yaml"
+    both = 'lines:\n  "79586488002": sales\n  "79586488003": support\n'
+    label_map.write_text(both)
+    exporter = Exporter(tmp_path, "--label-map", str(label_map)).start()
+    try:
+        call = {**notification("RELOAD1"), "sip_id": "79586488002"}
+        assert exporter.post(call)[0] == 200
+        before = _scrapes(exporter)  # the renderer caches these pieces
+        assert all(_series(text, 'line="sales"') for text in before.values())
+        label_map.write_text('lines:\n  "79586488003": support\n')
+        assert exporter.request("POST", "/-/reload")[0] == 200
+        after = _scrapes(exporter)
+        for name, text in after.items():
+            assert not _series(text, 'line="sales"'), name
+            assert _series(text, 'line="support"'), name
+        list(text_families(after["text"]))
+        list(om_families(after["om"]))
+        assert after["om-gz"].endswith("# EOF\n")
+        for i in range(100):  # a reload storm from loopback: the exposition keeps its size
+            label_map.write_text(both if i % 2 else 'lines:\n  "79586488003": support\n')
+            assert exporter.request("POST", "/-/reload")[0] == 200
+        final = _scrapes(exporter)
+        assert len(_series(final["text"], "mtt_")) == len(_series(before["text"], "mtt_"))
+        assert _series(final["om-gz"], 'line="sales"') and not _series(final["om-gz"], 'mtt_call_attempts_total{line="sales"} 1')
+        status, body = exporter.post({**notification("RELOAD2"), "sip_id": "79586488002"})
+        assert status == 200, body
+    finally:
+        exporter.stop()
+
+
+HOSTILE_NAMES = [
+    pytest.param('lines:\n  "79586488002": "sales\\"} 1\\n# EOF"\n', id="quote-newline-eof"),
+    pytest.param('lines:\n  "79586488002": "other"\n', id="other"),
+    pytest.param('lines:\n  "79586488002": "Sales"\n', id="upper-case"),
+    pytest.param('lines:\n  "79586488002": "s\\u0430les"\n', id="cyrillic-homoglyph"),
+    pytest.param('lines:\n  "79586488002": ' + "a" * 41 + "\n", id="41-chars"),
+    pytest.param('lines:\n  "79586488002": &a [x]\n  "79586488003": *a\n', id="yaml-anchor-list"),
+    pytest.param("lines: !!python/object/apply:os.system ['true']\n", id="yaml-python-tag"),
+]
+
+
+@pytest.mark.parametrize("content", HOSTILE_NAMES)
+def test_hostile_label_map_on_reload_is_refused_and_the_old_map_stays(tmp_path: Path, content: str) -> None:
+    label_map = tmp_path / "labels.yaml"
+    label_map.write_text('lines:\n  "79586488002": sales\n')
+    exporter = Exporter(tmp_path, "--label-map", str(label_map)).start()
+    try:
+        label_map.write_text(content)
+        status, body = exporter.request("POST", "/-/reload")
+        assert status == 400, body
+        assert json.loads(body)["status"] == "error"
+        assert _series(exporter.metrics(), 'line="sales"')
+        assert exporter.post({**notification("HOSTILE1"), "sip_id": "79586488002"})[0] == 200
+    finally:
+        exporter.stop()
