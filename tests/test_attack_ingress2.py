@@ -346,3 +346,37 @@ def test_hostile_label_map_on_reload_is_refused_and_the_old_map_stays(tmp_path: 
         assert exporter.post({**notification("HOSTILE1"), "sip_id": "79586488002"})[0] == 200
     finally:
         exporter.stop()
+
+
+def test_trickle_readers_cannot_hold_every_connection(tmp_path: Path) -> None:
+    """Readers steady enough never to stall a write (never dropped for it) are still evicted
+    between two answers when a sender needs the connection."""
+    limit = 4
+    exporter = Exporter(tmp_path, "--max-connections", str(limit), "--read-timeout", "2").start()
+    readers = []
+    try:
+        pipelined = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 40000
+        for _ in range(limit):
+            sock = socket.create_connection(("127.0.0.1", exporter.port))
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.send(pipelined)
+            readers.append(sock)
+        received = [0] * limit
+        deadline = time.monotonic() + 8  # four read timeouts
+        while time.monotonic() < deadline:
+            for i, sock in enumerate(readers):
+                with contextlib.suppress(BlockingIOError, OSError):
+                    received[i] += len(sock.recv(8192))
+            time.sleep(0.1)  # ~80 kB/s a connection: the server's writes resume within the timeout
+        assert min(received) > 300_000, received  # still being served after four read timeouts
+        try:
+            status, body = exporter.request("POST", "/notify", notification("TRICKLE1"),
+                                            {"Content-Type": "application/json"}, timeout=5)
+        except OSError as error:
+            status, body = 0, repr(error).encode()
+        assert status == 200, (status, body[:200], received)
+    finally:
+        for sock in readers:
+            sock.close()
+        exporter.stop()
