@@ -79,9 +79,6 @@ BUDGET_HOLDERS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="#9 attack 3: 64 slow bodies (64 of 512 connections, no token) reserve the "
-                   "whole --max-buffered-bytes (each its Content-Length, or --max-body-bytes when chunked/compressed) "
-                   "for --read-timeout: every real notification gets 429 overloaded; item 3's slowloris again")
 @pytest.mark.parametrize("head", BUDGET_HOLDERS)
 def test_slow_bodies_cannot_take_the_body_budget_from_fast_senders(defaults: Exporter, head: bytes) -> None:
     socks = hold_heads(defaults.port, 64, head)  # 64 x 1 MiB = the default 64 MiB budget
