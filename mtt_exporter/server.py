@@ -562,13 +562,28 @@ def reload_labels(app: web.Application) -> list[str]:
     return []
 
 
+#: headers a reverse proxy adds: a request carrying one is not trusted as loopback for /-/reload
+_FORWARDING = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+#: at most one reload a second (a map at the caps costs ~135 ms of the event loop)
+RELOAD_INTERVAL = 1.0
+LAST_RELOAD = web.AppKey("last_reload", list[float])
+
+
 async def handle_reload(request: web.Request) -> web.Response:
-    """POST /-/reload: reload the label map; from a loopback client, or with the token."""
+    """POST /-/reload: reload the label map; from a loopback client that came through no proxy
+    (no forwarding header: behind a same-host proxy every client is loopback), or with the token."""
     settings = request.app[SETTINGS]
     address = client_address(request, settings.trusted_proxy)
-    loopback = address is not None and address.is_loopback
+    loopback = (address is not None and address.is_loopback
+                and not any(header in request.headers for header in _FORWARDING))
     if not loopback and (settings.token is None or not _authorized(request, settings.token.get_secret_value().encode())):
-        return _refuse(request, 403, Reason.FORBIDDEN, "reload only from loopback or with the token")
+        return _refuse(request, 403, Reason.FORBIDDEN, "reload only from loopback (not through a proxy) or with the token")
+    last, now = request.app[LAST_RELOAD], time.monotonic()
+    if now - last[0] < RELOAD_INTERVAL:
+        response = _refuse(request, 429, Reason.OVERLOADED, f"at most one reload per {RELOAD_INTERVAL:g} s")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+    last[0] = now
     errors = reload_labels(request.app)
     if errors:
         return web.json_response({"status": "error", "reason": "invalid", "error": "label map refused", "errors": errors},
@@ -1126,6 +1141,7 @@ def create_app(
     app[TIMER] = ProcessClock(clock, monotonic)
     app[SHARED] = shared
     app[READY] = asyncio.Event()
+    app[LAST_RELOAD] = [float("-inf")]  # monotonic time of the last POST /-/reload
     app[GATE] = Gate(settings.max_concurrent_requests, max(settings.max_buffered_bytes, settings.max_body_bytes))
     if settings.state_path is not None:
         app[STATE] = StateFile(settings.state_path, correlator, app[TIMER], settings.state_max_age)
