@@ -747,6 +747,8 @@ class _Handler(RequestHandler):
         self._broken = False
         #: closes the connection when a response write stalls (the client reads nothing)
         self._stalled: asyncio.TimerHandle | None = None
+        #: loop time of the last bytes received (or of the connection): --max-connections evicts the idlest
+        self.active = self._loop.time()
 
     def no_lingering(self) -> None:
         """Close right after the answer, without reading the rest of the body away."""
@@ -793,6 +795,7 @@ class _Handler(RequestHandler):
         parse the connection's bytes again piece by piece and queue the requests before it.
         After an unparsable request nothing more is read: the connection ends with its 400, and
         aiohttp's parser would queue one more error (holding the data) for every further read."""
+        self.active = self._loop.time()
         if self._broken:
             return
         seen = self._seen
@@ -883,12 +886,14 @@ class _Server(web.Server):
         idle longest (a keep-alive one waiting for its next request)."""
         if not self.max_connections or len(self._connections) < self.max_connections:
             return True
-        for handler in self._connections:  # oldest first; one already closing frees nothing more
-            if (getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None
-                    and not getattr(handler, "_force_close", True)):
-                handler.close()
-                handler.force_close()
-                return True
+        idle = [handler for handler in self._connections  # one already closing frees nothing more
+                if getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None
+                and not getattr(handler, "_force_close", True)]
+        if idle:  # the one that received nothing for longest, not the oldest
+            handler = min(idle, key=lambda h: getattr(h, "active", 0.0))
+            handler.close()
+            handler.force_close()
+            return True
         if self.app is not None:
             self.app[METRICS].reject(Reason.TOO_MANY_CONNECTIONS)
         return False

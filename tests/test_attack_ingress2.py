@@ -445,10 +445,6 @@ def _post_on(sock: socket.socket, conf_id: str) -> bytes:
         return repr(error).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="#9 attack 8: at --max-connections the connection closed to make room is the "
-                   "OLDEST idle one (insertion order), not the longest-idle as documented: a sender's keep-alive "
-                   "connection that posted 0.5 s ago is closed for a new one while connections that never sent a "
-                   "byte stay; one new connection per eviction")
 def test_eviction_spares_an_active_sender_for_silent_connections(tmp_path: Path) -> None:
     exporter = Exporter(tmp_path, "--max-connections", "3", "--read-timeout", "20").start()
     sender = socket.create_connection(("127.0.0.1", exporter.port), timeout=3)
