@@ -754,6 +754,23 @@ def _gzip(parts: list[tuple[bytes, _Family | None]], om: bool) -> bytes:
     return b"".join(pieces)
 
 
+def _quality(element: str) -> float:
+    """The q-value of one element of an Accept or Accept-Encoding header (1 when absent or unreadable)."""
+    for param in element.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip())
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+def _acceptable(header: str) -> str:
+    """`header` without its elements of q=0, which RFC 9110 (12.4.2) makes "not acceptable"."""
+    return ",".join(element for element in header.split(",") if _quality(element) > 0)
+
+
 def exposition(registry: CollectorRegistry, accept: str = "", accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
     """`/metrics` for a request's Accept and Accept-Encoding headers: the body and its headers.
 
@@ -761,12 +778,12 @@ def exposition(registry: CollectorRegistry, accept: str = "", accept_encoding: s
     names as they are (all of this exporter's names are) render here; "dots" rewrites
     every name and is left to prometheus_client.
     """
-    try:
-        encoder, content_type = choose_encoder(accept)
+    try:  # prometheus_client reads no q-values: what the client refused (q=0) is dropped first
+        encoder, content_type = choose_encoder(_acceptable(accept))
     except Exception:  # e.g. a version that is not a number: the text format, as for no Accept at all
         encoder, content_type = choose_encoder("")
     headers = {"Content-Type": content_type}
-    compress = gzip_accepted(accept_encoding)
+    compress = gzip_accepted(_acceptable(accept_encoding))
     if compress:
         headers["Content-Encoding"] = "gzip"
     options = encoder.keywords if isinstance(encoder, partial) else {}

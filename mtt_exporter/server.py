@@ -113,7 +113,7 @@ class Gate:
         self.limit = limit
         self.busy = 0
         self.open = 0
-        #: bytes all bodies in flight may take at once (0: no bound), and those reserved now
+        #: bytes all bodies in flight may take at once (0: no bound), and those received and held now
         self.budget = budget
         self.buffered = 0
         self.idle = asyncio.Event()
@@ -128,9 +128,9 @@ class Gate:
         """A request in flight, its body perhaps still arriving: for `drain`, takes no slot."""
         return self._entered
 
-    def reserved(self, size: int) -> _Reserved:
-        """`size` bytes of the body budget while a body is read and applied; as False: no room."""
-        return _Reserved(self, size)
+    def reserved(self) -> _Reserved:
+        """The body budget a request's bytes are charged to as they arrive, while read and applied."""
+        return _Reserved(self)
 
     def held(self) -> _Held:
         """A slot, while the notifications of a received body are applied."""
@@ -168,20 +168,29 @@ class _Held:
 
 
 class _Reserved:
-    __slots__ = ("gate", "size", "room")
+    """Body bytes of one request charged to the shared budget as they arrive (never before):
+    a slow sender holds only what it has sent; all of it is given back on exit, whatever the path."""
 
-    def __init__(self, gate: Gate, size: int) -> None:
-        self.gate, self.size = gate, size
-        self.room = not gate.budget or gate.buffered + size <= gate.budget
+    __slots__ = ("gate", "size")
 
-    def __enter__(self) -> bool:
-        if self.room:
-            self.gate.buffered += self.size
-        return self.room
+    def __init__(self, gate: Gate) -> None:
+        self.gate, self.size = gate, 0
+
+    def take(self, size: int) -> bool:
+        """Charge `size` more bytes; False (nothing charged) when they would pass the budget."""
+        gate = self.gate
+        if gate.budget and gate.buffered + size > gate.budget:
+            return False
+        gate.buffered += size
+        self.size += size
+        return True
+
+    def __enter__(self) -> _Reserved:
+        return self
 
     def __exit__(self, *_: object) -> None:
-        if self.room:
-            self.gate.buffered -= self.size
+        self.gate.buffered -= self.size
+        self.size = 0
 
 
 GATE = web.AppKey("gate", Gate)
@@ -325,13 +334,8 @@ async def handle_notify(request: web.Request) -> web.Response:
     if settings.token is not None and not _authorized(request, settings.token.get_secret_value().encode()):
         return _refuse(request, 401, Reason.UNAUTHORIZED, "missing or wrong token")
     gate = app[GATE]
-    with gate.entered(), gate.reserved(_body_size(request, settings.max_body_bytes)) as room:
-        if not room:  # every body in flight counts against --max-buffered-bytes: memory stays bounded
-            response = _refuse(request, 429, Reason.OVERLOADED, f"more than {gate.budget} body bytes in flight",
-                               close=True)
-            response.headers["Retry-After"] = str(RETRY_AFTER)
-            return response
-        body = await _read_body(request)
+    with gate.entered(), gate.reserved() as budget:  # charged per chunk received: memory stays bounded
+        body = await _read_body(request, budget)
         if isinstance(body, web.Response):
             return body
         if gate.full():  # 429, not 503: a 5xx would page for the sender's behaviour
@@ -346,35 +350,46 @@ async def handle_notify(request: web.Request) -> web.Response:
                 return _refuse(request, 400, Reason.INTERNAL, _INTERNAL_MESSAGE, close=True)
 
 
-def _body_size(request: web.Request, limit: int) -> int:
-    """The most memory the body of `request` can take: its Content-Length, or the limit when it
-    is chunked or compressed (decompressed up to the limit)."""
-    length = request.content_length
-    if length is None or hdrs.CONTENT_ENCODING in request.headers:
-        return limit
-    return min(length, limit)
-
-
 _INTERNAL_MESSAGE = "the exporter failed on this notification (its bug, logged); nothing of it was kept"
 
 
-async def _read_body(request: web.Request) -> bytes | web.Response:
+async def _read_body(request: web.Request, budget: _Reserved) -> bytes | web.Response:
+    """The body, each chunk charged to `budget` as it arrives (a sender holds only the bytes it sent);
+    a chunk that would pass --max-buffered-bytes: 429 and close."""
     settings = request.app[SETTINGS]
     limit = settings.max_body_bytes
     too_large = f"body larger than {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
         return _refuse(request, 413, Reason.TOO_LARGE, too_large)  # aiohttp reads the rest away, briefly
+    content = request.content
     try:
-        if request.content.is_eof():  # the body came with the head, as a notification's does: no wait, no timer
-            return await request.read()
+        if content.is_eof():  # the body came with the head, as a notification's does: no wait, no timer
+            body = await request.read()
+            return body if budget.take(len(body)) else _over_budget(request)
+        chunks: list[bytes] = []
+        size = 0
         async with asyncio.timeout(settings.read_timeout):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:  # chunked or decompressed past the limit: read no further
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:  # chunked or decompressed past the limit: read no further
+                    return _refuse(request, 413, Reason.TOO_LARGE, too_large, close=True)
+                if not budget.take(len(chunk)):
+                    return _over_budget(request)
+                chunks.append(chunk)
+        return b"".join(chunks)
+    except web.HTTPRequestEntityTooLarge:
         return _refuse(request, 413, Reason.TOO_LARGE, too_large, close=True)
     except (web.RequestPayloadError, ConnectionResetError):  # bad gzip or chunks; client gone
         return _refuse(request, 400, Reason.MALFORMED, "body cannot be read (broken encoding or connection)", close=True)
     except TimeoutError:
         return _refuse(request, 408, Reason.TIMEOUT, f"body not received within {settings.read_timeout:g} s", close=True)
+
+
+def _over_budget(request: web.Request) -> web.Response:
+    budget = request.app[GATE].budget
+    response = _refuse(request, 429, Reason.OVERLOADED, f"more than {budget} body bytes in flight", close=True)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 async def _notify(request: web.Request, body: bytes) -> web.Response:
@@ -547,13 +562,28 @@ def reload_labels(app: web.Application) -> list[str]:
     return []
 
 
+#: headers a reverse proxy adds: a request carrying one is not trusted as loopback for /-/reload
+_FORWARDING = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+#: at most one reload a second (a map at the caps costs ~135 ms of the event loop)
+RELOAD_INTERVAL = 1.0
+LAST_RELOAD = web.AppKey("last_reload", list[float])
+
+
 async def handle_reload(request: web.Request) -> web.Response:
-    """POST /-/reload: reload the label map; from a loopback client, or with the token."""
+    """POST /-/reload: reload the label map; from a loopback client that came through no proxy
+    (no forwarding header: behind a same-host proxy every client is loopback), or with the token."""
     settings = request.app[SETTINGS]
     address = client_address(request, settings.trusted_proxy)
-    loopback = address is not None and address.is_loopback
+    loopback = (address is not None and address.is_loopback
+                and not any(header in request.headers for header in _FORWARDING))
     if not loopback and (settings.token is None or not _authorized(request, settings.token.get_secret_value().encode())):
-        return _refuse(request, 403, Reason.FORBIDDEN, "reload only from loopback or with the token")
+        return _refuse(request, 403, Reason.FORBIDDEN, "reload only from loopback (not through a proxy) or with the token")
+    last, now = request.app[LAST_RELOAD], time.monotonic()
+    if now - last[0] < RELOAD_INTERVAL:
+        response = _refuse(request, 429, Reason.OVERLOADED, f"at most one reload per {RELOAD_INTERVAL:g} s")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
+    last[0] = now
     errors = reload_labels(request.app)
     if errors:
         return web.json_response({"status": "error", "reason": "invalid", "error": "label map refused", "errors": errors},
@@ -717,6 +747,8 @@ class _Handler(RequestHandler):
         self._broken = False
         #: closes the connection when a response write stalls (the client reads nothing)
         self._stalled: asyncio.TimerHandle | None = None
+        #: loop time of the last bytes received (or of the connection): --max-connections evicts the idlest
+        self.active = self._loop.time()
 
     def no_lingering(self) -> None:
         """Close right after the answer, without reading the rest of the body away."""
@@ -763,6 +795,7 @@ class _Handler(RequestHandler):
         parse the connection's bytes again piece by piece and queue the requests before it.
         After an unparsable request nothing more is read: the connection ends with its 400, and
         aiohttp's parser would queue one more error (holding the data) for every further read."""
+        self.active = self._loop.time()
         if self._broken:
             return
         seen = self._seen
@@ -853,12 +886,14 @@ class _Server(web.Server):
         idle longest (a keep-alive one waiting for its next request)."""
         if not self.max_connections or len(self._connections) < self.max_connections:
             return True
-        for handler in self._connections:  # oldest first; one already closing frees nothing more
-            if (getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None
-                    and not getattr(handler, "_force_close", True)):
-                handler.close()
-                handler.force_close()
-                return True
+        idle = [handler for handler in self._connections  # one already closing frees nothing more
+                if getattr(handler, "_waiter", None) is not None and getattr(handler, "_current_request", 1) is None
+                and not getattr(handler, "_force_close", True)]
+        if idle:  # the one that received nothing for longest, not the oldest
+            handler = min(idle, key=lambda h: getattr(h, "active", 0.0))
+            handler.close()
+            handler.force_close()
+            return True
         if self.app is not None:
             self.app[METRICS].reject(Reason.TOO_MANY_CONNECTIONS)
         return False
@@ -1113,6 +1148,7 @@ def create_app(
     app[TIMER] = ProcessClock(clock, monotonic)
     app[SHARED] = shared
     app[READY] = asyncio.Event()
+    app[LAST_RELOAD] = [float("-inf")]  # monotonic time of the last POST /-/reload
     app[GATE] = Gate(settings.max_concurrent_requests, max(settings.max_buffered_bytes, settings.max_body_bytes))
     if settings.state_path is not None:
         app[STATE] = StateFile(settings.state_path, correlator, app[TIMER], settings.state_max_age)

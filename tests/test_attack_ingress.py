@@ -397,7 +397,8 @@ def test_bodies_in_flight_share_one_memory_budget(tmp_path: Path) -> None:
                         "--read-timeout", "5").start()
     try:
         with socket.create_connection(("127.0.0.1", exporter.port)) as held:
-            held.sendall(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")  # reserves 1000 B
+            # 1000 of 1020 bytes sent: they are held (charged as received, not as announced)
+            held.sendall(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Length: 1020\r\n\r\n{" + b" " * 999)
             time.sleep(0.3)
             answer = exchange(exporter.port, post_raw(b"/notify", json.dumps(notification("BUDGET1")).encode()))
             assert answer.startswith(b"HTTP/1.1 429"), answer[:300]
